@@ -1,0 +1,142 @@
+"""The one routing interface every exchange type implements.
+
+Strategy: an exchange type is a small object that owns its bindings and
+answers ``route()``. It knows nothing about queues, vhosts or the exchange
+graph: destinations are opaque hashable keys, and the router
+(``core/router.py``) walks exchange-to-exchange edges, alternate exchanges
+and CC/BCC itself. This mirrors ``rabbit_exchange_type`` (route, validate,
+add/remove binding) so each type stays one short file.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+FieldTable = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a binding leads: a queue or (exchange-to-exchange) an exchange."""
+
+    kind: Literal["queue", "exchange"]
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    destination: Destination
+    routing_key: str
+    # Kept as a hashable, order-independent snapshot so that "unbind with the
+    # same arguments" can find the binding again, as RabbitMQ requires.
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def freeze(arguments: FieldTable | None) -> tuple[tuple[str, Any], ...]:
+        return freeze_table(arguments)
+
+    def args_dict(self) -> dict[str, Any]:
+        return thaw_table(self.arguments)
+
+
+def freeze_table(table: FieldTable | None) -> tuple[tuple[str, Any], ...]:
+    """A hashable, order-independent form of an AMQP field table."""
+    if not table:
+        return ()
+    return tuple(sorted((k, _freeze(v)) for k, v in table.items()))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return ("__table__", freeze_table(value))
+    if isinstance(value, list | tuple):
+        return ("__array__", tuple(_freeze(v) for v in value))
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return value
+
+
+def thaw_table(frozen: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return {k: _thaw(v) for k, v in frozen}
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2:
+        tag, inner = value
+        if tag == "__table__":
+            return thaw_table(inner)
+        if tag == "__array__":
+            return [_thaw(v) for v in inner]
+    return value
+
+
+class ExchangeType(abc.ABC):
+    """One exchange's bindings and its matching rule."""
+
+    type_name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._bindings: set[Binding] = set()
+
+    def validate_binding(self, routing_key: str, arguments: FieldTable) -> None:
+        """Raise an ``AMQPError`` (406) for a binding this type cannot hold."""
+
+    def bind(
+        self,
+        destination: Destination,
+        routing_key: str,
+        arguments: FieldTable | None = None,
+    ) -> bool:
+        """Add a binding; False if an identical one already existed."""
+        binding = Binding(destination, routing_key, freeze_table(arguments))
+        if binding in self._bindings:
+            return False
+        self.validate_binding(routing_key, arguments or {})
+        self._bindings.add(binding)
+        self._added(binding)
+        return True
+
+    def unbind(
+        self,
+        destination: Destination,
+        routing_key: str,
+        arguments: FieldTable | None = None,
+    ) -> bool:
+        """Remove the binding with exactly these arguments; False if absent."""
+        binding = Binding(destination, routing_key, freeze_table(arguments))
+        if binding not in self._bindings:
+            return False
+        self._bindings.remove(binding)
+        self._removed(binding)
+        return True
+
+    def remove_destination(self, destination: Destination) -> int:
+        """Drop every binding to ``destination`` (queue or exchange deleted)."""
+        gone = [b for b in self._bindings if b.destination == destination]
+        for binding in gone:
+            self._bindings.remove(binding)
+            self._removed(binding)
+        return len(gone)
+
+    def bindings(self) -> Iterator[Binding]:
+        return iter(self._bindings)
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    @abc.abstractmethod
+    def route(
+        self, routing_key: str, headers: FieldTable | None
+    ) -> Iterable[Destination]:
+        """Destinations this exchange's own bindings select (may repeat)."""
+
+    @abc.abstractmethod
+    def _added(self, binding: Binding) -> None:
+        """Index a new binding (the set of bindings is already updated)."""
+
+    @abc.abstractmethod
+    def _removed(self, binding: Binding) -> None:
+        """Drop a binding from the index."""
