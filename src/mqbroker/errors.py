@@ -31,6 +31,13 @@ class AMQPError(Exception):
         self.text = text
         self.class_id = class_id
         self.method_id = method_id
+        # The channel the fault happened on, when the raiser knows it
+        # better than the caller (the frame parser does).
+        self.channel: int | None = None
+
+    def on_channel(self, channel: int) -> AMQPError:
+        self.channel = channel
+        return self
 
     def with_method(self, class_id: int, method_id: int) -> AMQPError:
         """Fill in the method that failed, unless the raiser already did."""

@@ -102,7 +102,10 @@ class Store(Protocol):
         ...
 
     def remove_entry(self, queue: str, seq: int, msg_id: int) -> None:
-        """Ack or drop: one reference less; the body goes with the last."""
+        """Ack or drop: one reference less; the body goes with the last.
+
+        Removing an entry that is no longer there (e.g. a late ack after a
+        purge) changes nothing."""
         ...
 
     def drop_queue(self, queue: str) -> None:
@@ -117,11 +120,21 @@ class Store(Protocol):
         """Committed entries of a queue in seq order (used at start-up)."""
         ...
 
+    def queues_with_entries(self) -> list[str]:
+        """Names of the queues with committed entries (used at start-up)."""
+        ...
+
     def max_msg_id(self) -> int:
         """The highest msg_id ever stored (ids are never reused)."""
         ...
 
     # --- group commit -------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        """The epoch of the batch now collecting changes: a change made now
+        is durable once the group committer reports an epoch >= this one."""
+        ...
+
     def take_batch(self) -> WriteBatch | None:
         """Detach the current batch (loop thread); None when empty."""
         ...

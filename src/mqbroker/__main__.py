@@ -1,0 +1,84 @@
+"""``mqbroker serve``: the broker's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from mqbroker import __version__
+from mqbroker.config import Config
+from mqbroker.log import configure, get_logger
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mqbroker", description="AMQP 0-9-1 broker")
+    parser.add_argument("--version", action="version", version=f"mqbroker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="AMQP port (default 5672; 0 = any free port)")
+    serve.add_argument("--data-dir", type=Path, help="LMDB data directory (default ./data)")
+    serve.add_argument(
+        "--storage", choices=("lmdb", "memory"), help="storage backend (default lmdb)"
+    )
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument("--log-format", choices=("console", "json"))
+    serve.add_argument("--management-port", type=int, help="HTTP management port (default 15672)")
+    serve.add_argument("--no-management", action="store_true", help="do not start the HTTP API")
+    serve.add_argument(
+        "--port-file", type=Path, help="write the bound AMQP port here once listening"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = Config.from_toml(args.config) if args.config else Config(management_port=15672)
+    config = config.with_overrides(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        storage=args.storage,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        management_port=args.management_port,
+    )
+    if args.no_management:
+        from dataclasses import replace
+
+        config = replace(config, management_port=None)
+    return config
+
+
+async def _serve(config: Config, port_file: Path | None) -> None:
+    from mqbroker.server.app import serve
+
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(serve, config)
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(f"{info.port}\n")
+            os.replace(tmp, port_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    configure(config.log_level, config.log_format)
+    log = get_logger("mqbroker")
+    try:
+        trio.run(_serve, config, args.port_file)
+    except KeyboardInterrupt:
+        log.info("broker.stopped", reason="interrupted")
+    except OSError as exc:
+        log.error("broker.failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Group commit: one task turns everything written meanwhile into one
+durable transaction, then releases the confirms that waited on it.
+
+Strategy (LavinMQ's persister loop, architecture.md rule 10): writers call
+``notify()`` (a flag, nothing more). The task wakes, takes the store's
+current batch and writes it in a worker thread; while that write and its
+fsync run, new changes pile up in the next batch. So batches grow with the
+load by themselves: one sync per batch, no timer, no latency added when idle.
+
+Contract of ``on_committed(epoch)``: called on the loop thread, with epochs
+strictly increasing; it means every batch with an epoch <= ``epoch`` is
+durable (epochs may be skipped, see below).
+
+Failures: ``StoreFullError`` leaves the batch unwritten and unconfirmed;
+``on_error(exc)`` lets the broker raise its disk alarm, and after
+``retry_delay`` the write is retried with whatever was changed meanwhile
+merged in. Merging matters: the acks that free space arrive *after* the
+failed batch, and with them merged in, bodies acked before they were ever
+written are not written at all. ``on_recovered()`` is called after the first
+successful write following errors. Any other exception propagates and ends
+the task: the broker must stop rather than confirm data that is not on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import trio
+
+from .errors import StoreFullError
+from .store import Store, WriteBatch
+
+
+def merge_batches(parts: Sequence[WriteBatch]) -> WriteBatch:
+    """One batch with the effect of writing ``parts`` in order.
+
+    Every change in a batch is "last writer wins" per key, except that a
+    dropped queue loses the entries written before the drop."""
+    merged = WriteBatch(epoch=parts[-1].epoch)
+    for part in parts:
+        if part.dropped_queues:
+            dropped = part.dropped_queues
+            merged.entries = {
+                key: entry for key, entry in merged.entries.items()
+                if key[0] not in dropped
+            }
+            merged.dropped_queues |= dropped
+        merged.entries.update(part.entries)
+        merged.messages.update(part.messages)
+        merged.definitions.update(part.definitions)
+    return merged
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        store: Store,
+        on_committed: Callable[[int], None],
+        on_error: Callable[[Exception], None] | None = None,
+        *,
+        on_recovered: Callable[[], None] | None = None,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self._store = store
+        self._on_committed = on_committed
+        self._on_error = on_error
+        self._on_recovered = on_recovered
+        self._retry_delay = retry_delay
+        self._wakeup = trio.Event()
+        # A "cycle" is one take_batch() and its write. flush() waits for the
+        # first cycle that starts after it was called.
+        self._cycles_started = 0
+        self._cycles_finished = 0
+        self._cycle_done = trio.Event()
+        self._failing = False
+        self.batches_written = 0
+
+    def notify(self) -> None:
+        """There is something to commit (loop thread; cheap, idempotent)."""
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Return once everything written before the call is durable."""
+        target = self._cycles_started + 1
+        self.notify()
+        while self._cycles_finished < target:
+            await self._cycle_done.wait()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        parts: list[WriteBatch] = []  # taken, not yet durable
+        while True:
+            if not parts:
+                await self._wakeup.wait()
+            # No checkpoint from here to take_batch(): a notify() that lands
+            # before the reset is covered by this very take.
+            self._wakeup = trio.Event()
+            self._cycles_started += 1
+            cycle = self._cycles_started
+            batch = self._store.take_batch()
+            if batch is not None:
+                parts.append(batch)
+            if parts:
+                if not await self._write(parts):
+                    await trio.sleep(self._retry_delay)
+                    continue
+                for part in parts:
+                    self._store.batch_done(part)
+                epoch = parts[-1].epoch
+                parts = []
+                self._on_committed(epoch)
+            self._cycles_finished = cycle
+            self._cycle_done.set()
+            self._cycle_done = trio.Event()
+
+    async def _write(self, parts: list[WriteBatch]) -> bool:
+        batch = parts[0] if len(parts) == 1 else merge_batches(parts)
+        try:
+            if self._store.durable:
+                await trio.to_thread.run_sync(self._store.write_batch, batch)
+            else:
+                self._store.write_batch(batch)
+        except StoreFullError as exc:
+            self._failing = True
+            if self._on_error is not None:
+                self._on_error(exc)
+            return False
+        self.batches_written += 1
+        if self._failing:
+            self._failing = False
+            if self._on_recovered is not None:
+                self._on_recovered()
+        return True

@@ -1,0 +1,91 @@
+"""Start the broker: open the store, recover, listen, run until cancelled.
+
+Every serve function takes ``task_status`` and reports the bound ports, so
+tests (and the ``mqbroker.testing`` plugin) can bind port 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+
+from mqbroker.config import Config
+from mqbroker.core.broker import Broker
+from mqbroker.core.recovery import recover
+from mqbroker.log import get_logger
+from mqbroker.persistence import GroupCommitter, open_store
+from mqbroker.server.connection_task import ConnectionTask
+
+log = get_logger("mqbroker.server")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    host: str
+    port: int
+    management_port: int | None
+    broker: Broker
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
+) -> None:
+    backend = "memory" if config.data_dir is None or config.storage == "memory" else "lmdb"
+    store = open_store(
+        config.data_dir,
+        backend=backend,
+        **(
+            {
+                "map_size": config.lmdb_map_size_bytes,
+                "max_map_size": config.lmdb_max_map_size_bytes,
+                "cache_bytes": config.body_cache_bytes,
+            }
+            if backend == "lmdb"
+            else {}
+        ),
+    )
+    try:
+        broker = Broker(config, store)
+        started = time.monotonic()
+        summary = recover(broker)
+        log.info(
+            "recovery.done",
+            storage=backend,
+            data_dir=str(config.data_dir),
+            seconds=round(time.monotonic() - started, 3),
+            **summary,
+        )
+        committer = GroupCommitter(store, broker.on_committed)
+        broker.request_commit = committer.notify
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+            port = listeners[0].socket.getsockname()[1]
+
+            async def handler(stream: trio.SocketStream) -> None:
+                await ConnectionTask(broker, stream).run()
+
+            await nursery.start(partial(trio.serve_listeners, handler, listeners))
+            management_port = None
+            if config.management_port is not None:
+                try:
+                    from mqbroker.management.http import serve_management
+                except ImportError:  # management not installed/built yet
+                    serve_management = None
+                if serve_management is not None:
+                    management_port = await nursery.start(
+                        serve_management, broker, config
+                    )
+            log.info("broker.listening", host=config.host, port=port, management_port=management_port)
+            task_status.started(ServerInfo(config.host, port, management_port, broker))
+            await trio.sleep_forever()
+    finally:
+        # Every task has stopped (the committer too): write what is left.
+        batch = store.take_batch()
+        if batch is not None:
+            store.write_batch(batch)
+            store.batch_done(batch)
+        store.close()

@@ -1,0 +1,199 @@
+"""I/O adapter: one TCP connection <-> one sans-I/O ``Session``.
+
+Strategy: one nursery per connection with three tasks. The reader feeds
+bytes to the session (which handles every complete frame synchronously and
+lets the broker dispatch once per read), the writer sends whatever output
+accumulated since its last send in one ``send_all`` (batching emerges: one
+write per loop pass, not per frame), and the heartbeat task sends and checks
+heartbeats. Backpressure: when more than ``output_high_water_bytes`` wait
+for this socket, consumers on it get no more deliveries and the reader stops
+reading, so neither a slow consumer nor a publisher that ignores its
+confirms can grow the broker's memory without bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from mqbroker import errors
+from mqbroker.core.broker import Broker
+from mqbroker.core.session import Session
+from mqbroker.log import get_logger
+from mqbroker.protocol.connection import ServerConnection, State
+
+log = get_logger("mqbroker.connection")
+
+READ_SIZE = 256 * 1024  # one read may carry hundreds of small publishes
+CLOSE_TIMEOUT_S = 3.0  # how long we wait for the peer's close-ok
+
+
+class ConnectionTask:
+    def __init__(self, broker: Broker, stream: trio.SocketStream) -> None:
+        self.broker = broker
+        self.stream = stream
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "unknown"
+        config = broker.config
+        self.conn = ServerConnection(
+            frame_max=config.frame_max,
+            channel_max=config.channel_max,
+            heartbeat=config.heartbeat_s,
+            max_message_size=config.max_message_size,
+            server_properties=broker.server_properties(),
+        )
+        self.session = Session(broker, self.conn, self.peer)
+        self.session.wake = self._wake
+        self._wakeup = trio.Event()
+        self._writable = trio.Event()
+        self._finished = False
+        self._writer_done = trio.Event()
+        self.last_recv = trio.current_time()
+        self.last_sent = trio.current_time()
+        self._logged_open = False
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._heartbeat)
+                await self._reader()
+                self._finished = True
+                self._wake()
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self._writer_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.session.connection_lost()
+            await trio.aclose_forcefully(self.stream)
+            log.info(
+                "connection.closed",
+                peer=self.peer,
+                user=self.session.user,
+                reason=self.session.close_reason or "socket closed",
+            )
+
+    # ----------------------------------------------------------- reader
+
+    def _deadline(self) -> float:
+        state = self.conn.state
+        if state is State.CLOSING:
+            return self._closing_since + CLOSE_TIMEOUT_S
+        if state is not State.OPEN:
+            return self._started + self.broker.config.handshake_timeout_s
+        return math.inf
+
+    async def _reader(self) -> None:
+        self._started = trio.current_time()
+        self._closing_since = math.inf
+        session, conn = self.session, self.conn
+        while conn.state is not State.CLOSED:
+            if not session.writable:
+                self._writable = trio.Event()
+                await self._writable.wait()
+            data = b""
+            with trio.move_on_at(self._deadline()) as scope:
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    data = b""
+            if scope.cancelled_caught:
+                if conn.state is State.CLOSING:
+                    return
+                if conn.state is not State.OPEN:
+                    session.close_reason = "handshake timeout"
+                    return
+            if not data:
+                if session.close_reason is None:
+                    session.close_reason = "peer closed the socket"
+                return
+            self.last_recv = trio.current_time()
+            was_closing = conn.state is State.CLOSING
+            try:
+                session.receive(data)
+            except Exception as exc:  # a broker bug must not kill the broker
+                log.exception("connection.internal_error", peer=self.peer)
+                session.report(errors.InternalError(type(exc).__name__), 0)
+            if not was_closing and conn.state is State.CLOSING:
+                self._closing_since = trio.current_time()
+            if not self._logged_open and conn.state is State.OPEN:
+                self._logged_open = True
+                log.info(
+                    "connection.opened",
+                    peer=self.peer,
+                    user=session.user,
+                    vhost=session.vhost.name if session.vhost else None,
+                )
+            self.broker.run_dispatch()
+            if session.last_error is not None:
+                error = session.last_error
+                session.last_error = None
+                log.info(
+                    "channel.error" if not error.hard else "connection.error",
+                    peer=self.peer,
+                    user=session.user,
+                    code=error.reply_code,
+                    text=error.reply_text,
+                )
+
+    # ----------------------------------------------------------- writer
+
+    async def _writer(self) -> None:
+        session, conn = self.session, self.conn
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                while conn.out:
+                    data = conn.data_to_send()
+                    session.inflight = len(data)
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        self._finished = True
+                        return
+                    finally:
+                        session.inflight = 0
+                    self.last_sent = trio.current_time()
+                    if (
+                        len(conn.out)
+                        < self.broker.config.output_low_water_bytes
+                    ):
+                        self._writable.set()
+                        self.broker.writable_again(session)
+                if self._finished or conn.state is State.CLOSED:
+                    return
+        finally:
+            self._writer_done.set()
+            self._writable.set()
+
+    # -------------------------------------------------------- heartbeat
+
+    async def _heartbeat(self) -> None:
+        conn = self.conn
+        while conn.state is not State.OPEN:
+            await trio.sleep(0.5)
+            if conn.state in (State.CLOSED, State.CLOSING):
+                return
+        interval = conn.heartbeat
+        if interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval / 2)
+            now = trio.current_time()
+            if now - self.last_recv > 2 * interval:
+                self.session.close_reason = (
+                    f"missed heartbeats from client, timeout: {interval}s"
+                )
+                await trio.aclose_forcefully(self.stream)
+                return
+            if now - self.last_sent >= interval / 2:
+                conn.send_heartbeat()
+                self._wake()
