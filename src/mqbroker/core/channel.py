@@ -115,7 +115,7 @@ class Channel:
     def deliver(self, consumer: Consumer, queue: Queue, entry: QueueEntry) -> None:
         tag = self.next_tag
         self.next_tag = tag + 1
-        message = entry.message
+        message = entry.message or queue.message_of(entry)
         session = self.session
         out = session.conn.out
         out += codec.deliver_method(
@@ -135,6 +135,8 @@ class Channel:
         else:
             consumer.unacked += 1
             self.unacked[tag] = Delivery(queue, entry, consumer)
+            if entry.persisted and not entry.redelivered:
+                queue.delivered_once(entry)
         session.output_ready()
 
     def deliver_direct(self, consumer_tag: str, message: Message) -> None:
@@ -154,7 +156,7 @@ class Channel:
     def send_get_ok(self, queue: Queue, entry: QueueEntry, no_ack: bool) -> None:
         tag = self.next_tag
         self.next_tag = tag + 1
-        message = entry.message
+        message = queue.message_of(entry)
         out = self.session.conn.out
         out += codec.get_ok_method(
             self.id,
@@ -172,6 +174,7 @@ class Channel:
             queue.settle(entry)
         else:
             self.unacked[tag] = Delivery(queue, entry, None)
+            queue.delivered_once(entry)
         self.session.output_ready()
 
     # ------------------------------------------------------------- acks

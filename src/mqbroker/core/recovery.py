@@ -11,9 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mqbroker.core.broker import Broker
-from mqbroker.core.message import Message
 from mqbroker.exchanges.base import Destination
-from mqbroker.queues.queue import QueueEntry
 
 
 def _text(value: Any) -> str:
@@ -51,19 +49,7 @@ def recover(broker: Broker) -> dict[str, int]:
         )
         counts["queues"] += 1
         for stored in store.load_entries(queue.key):
-            msg = store.get_message(stored.msg_id)
-            message = Message(
-                stored.msg_id, msg.exchange, msg.routing_key, msg.properties, msg.body
-            )
-            queue.restore(
-                QueueEntry(
-                    stored.seq,
-                    message,
-                    delivery_count=stored.delivery_count,
-                    redelivered=stored.redelivered,
-                    persisted=True,
-                )
-            )
+            queue.restore(stored)
             counts["messages"] += 1
     for _, record in store.definitions("binding"):
         vhost = broker.vhosts.get(record["vhost"])

@@ -108,16 +108,18 @@ def unpack_message(raw: bytes, key: bytes) -> StoredMessage:
 
 
 def pack_entry(entry: StoredEntry) -> bytes:
-    return pack([entry.msg_id, entry.delivery_count, entry.redelivered])
+    return pack(
+        [entry.msg_id, entry.delivery_count, entry.redelivered, entry.size]
+    )
 
 
 def unpack_entry(raw: bytes, key: bytes) -> StoredEntry:
     fields = unpack(raw, "entry", key)
     try:
-        msg_id, delivery_count, redelivered = fields
+        msg_id, delivery_count, redelivered, size = fields
         return StoredEntry(
             int.from_bytes(key[-8:], "big"), msg_id, delivery_count,
-            bool(redelivered),
+            bool(redelivered), size,
         )
     except (TypeError, ValueError) as exc:
         raise StoreCorruptionError("entry", key) from exc
@@ -153,5 +155,6 @@ def copy_entry(entry: StoredEntry) -> StoredEntry:
     """A private copy, so a caller mutating its object later cannot change
     a batch that a worker thread may be encoding."""
     return StoredEntry(
-        entry.seq, entry.msg_id, entry.delivery_count, entry.redelivered
+        entry.seq, entry.msg_id, entry.delivery_count, entry.redelivered,
+        entry.size,
     )

@@ -46,6 +46,9 @@ class StoredEntry:
     msg_id: int
     delivery_count: int = 0
     redelivered: bool = False
+    # body size in bytes: lets recovery rebuild byte counts (length limits,
+    # management) without reading a single body
+    size: int = 0
 
 
 @dataclass(slots=True)

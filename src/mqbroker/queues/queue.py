@@ -24,21 +24,47 @@ if TYPE_CHECKING:
 
 
 class QueueEntry:
-    __slots__ = ("seq", "message", "delivery_count", "redelivered", "persisted")
+    """One message's place in one queue.
+
+    ``message`` is None while the body is paged out: persisted entries far
+    from the head keep only their ids in RAM and are read back from the
+    store when they get near delivery, which is what bounds memory for a
+    backlog larger than RAM.
+    """
+
+    __slots__ = (
+        "seq",
+        "msg_id",
+        "size",
+        "message",
+        "delivery_count",
+        "redelivered",
+        "persisted",
+    )
 
     def __init__(
         self,
         seq: int,
-        message: Message,
+        msg_id: int,
+        size: int,
+        message: Message | None,
         delivery_count: int = 0,
         redelivered: bool = False,
         persisted: bool = False,
     ) -> None:
         self.seq = seq
+        self.msg_id = msg_id
+        self.size = size
         self.message = message
         self.delivery_count = delivery_count
         self.redelivered = redelivered
         self.persisted = persisted
+
+
+# A persisted message keeps its body in RAM only while it is among the first
+# HEAD_WINDOW ready entries of its queue (the ones a consumer will want
+# next); deeper entries are read back from the store when delivered.
+HEAD_WINDOW = 1024
 
 
 def store_key(vhost: str, name: str) -> str:
@@ -95,12 +121,11 @@ class Queue:
         """Append a message; True when it was written to a durable store."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        persisted = self.durable and message.persistent and self.store.durable
-        entry = QueueEntry(seq, message, persisted=persisted)
+        size = len(message.body)
         if self.durable and message.persistent:
             self.store.enqueue(
                 self.key,
-                StoredEntry(seq, message.msg_id),
+                StoredEntry(seq, message.msg_id, size=size),
                 StoredMessage(
                     message.exchange,
                     message.routing_key,
@@ -108,18 +133,63 @@ class Queue:
                     message.body,
                 ),
             )
-            entry.persisted = True
+            keep = message if len(self.ready) < HEAD_WINDOW else None
+            entry = QueueEntry(seq, message.msg_id, size, keep, persisted=True)
+        else:
+            entry = QueueEntry(seq, message.msg_id, size, message)
         self.ready.append(entry)
-        self.ready_bytes += len(message.body)
+        self.ready_bytes += size
         self.published += 1
-        return persisted
+        return entry.persisted and self.store.durable
 
-    def restore(self, entry: QueueEntry) -> None:
+    def restore(self, stored: StoredEntry) -> None:
         """Put back an entry recovered from the store at start-up."""
-        self.ready.append(entry)
-        self.ready_bytes += len(entry.message.body)
-        if entry.seq >= self.next_seq:
-            self.next_seq = entry.seq + 1
+        self.ready.append(
+            QueueEntry(
+                stored.seq,
+                stored.msg_id,
+                stored.size,
+                None,
+                stored.delivery_count,
+                stored.redelivered,
+                persisted=True,
+            )
+        )
+        self.ready_bytes += stored.size
+        if stored.seq >= self.next_seq:
+            self.next_seq = stored.seq + 1
+
+    def message_of(self, entry: QueueEntry) -> Message:
+        """The entry's message, read back from the store if paged out."""
+        message = entry.message
+        if message is None:
+            stored = self.store.get_message(entry.msg_id)
+            message = Message(
+                entry.msg_id,
+                stored.exchange,
+                stored.routing_key,
+                stored.properties,
+                stored.body,
+            )
+        return message
+
+    def _persist(self, entry: QueueEntry, redelivered: bool) -> None:
+        self.store.update_entry(
+            self.key,
+            StoredEntry(
+                entry.seq,
+                entry.msg_id,
+                entry.delivery_count,
+                redelivered,
+                entry.size,
+            ),
+        )
+
+    def delivered_once(self, entry: QueueEntry) -> None:
+        """Record that a persisted entry went out, so that after a crash
+        it comes back with ``redelivered`` set (RabbitMQ does the same)."""
+        if entry.persisted and not entry.redelivered and not self.deleted:
+            self._persist(entry, True)
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Return unacked entries to their original place, redelivered."""
@@ -130,15 +200,7 @@ class Queue:
             entry.redelivered = True
             entry.delivery_count += 1
             if entry.persisted:
-                self.store.update_entry(
-                    self.key,
-                    StoredEntry(
-                        entry.seq,
-                        entry.message.msg_id,
-                        entry.delivery_count,
-                        True,
-                    ),
-                )
+                self._persist(entry, True)
             ready = self.ready
             if not ready or entry.seq < ready[0].seq:
                 ready.appendleft(entry)
@@ -146,7 +208,7 @@ class Queue:
                 ready.append(entry)
             else:
                 ready.insert(bisect.bisect(ready, entry.seq, key=_seq), entry)
-            self.ready_bytes += len(entry.message.body)
+            self.ready_bytes += entry.size
 
     # ---------------------------------------------------------- dequeue
 
@@ -155,7 +217,7 @@ class Queue:
         if not self.ready:
             return None
         entry = self.ready.popleft()
-        self.ready_bytes -= len(entry.message.body)
+        self.ready_bytes -= entry.size
         self.unacked += 1
         self.delivered += 1
         return entry
@@ -165,15 +227,13 @@ class Queue:
         self.unacked -= 1
         self.acked += 1
         if entry.persisted and not self.deleted:
-            self.store.remove_entry(self.key, entry.seq, entry.message.msg_id)
+            self.store.remove_entry(self.key, entry.seq, entry.msg_id)
 
     def purge(self) -> int:
         count = len(self.ready)
         for entry in self.ready:
             if entry.persisted:
-                self.store.remove_entry(
-                    self.key, entry.seq, entry.message.msg_id
-                )
+                self.store.remove_entry(self.key, entry.seq, entry.msg_id)
         self.ready.clear()
         self.ready_bytes = 0
         return count
@@ -213,7 +273,7 @@ class Queue:
             else:
                 return
             entry = ready.popleft()
-            self.ready_bytes -= len(entry.message.body)
+            self.ready_bytes -= entry.size
             self.unacked += 1
             self.delivered += 1
             consumer.deliver(self, entry)
