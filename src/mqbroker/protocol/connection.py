@@ -319,7 +319,7 @@ class ServerConnection:
 
     def _open_channel(self, channel: int) -> Event:
         # The limit counts open channels, not ids (RabbitMQ).
-        if len(self._channels) >= self.channel_max:
+        if self.channel_max and len(self._channels) >= self.channel_max:
             raise errors.NotAllowed(
                 f"number of channels opened ({len(self._channels)}) has "
                 f"reached the negotiated channel_max ({self.channel_max})"
