@@ -37,6 +37,8 @@ class Config:
     heartbeat_s: int = 60
     # 16 MiB: RabbitMQ 4's max_message_size default; bigger is 406.
     max_message_size: int = 16 * MiB
+    # RabbitMQ's default delivery acknowledgement timeout: 30 minutes.
+    consumer_timeout_ms: int | None = 1_800_000
     # A client that connects but never finishes the handshake is dropped.
     handshake_timeout_s: float = 10.0
 
@@ -65,6 +67,45 @@ class Config:
 
     management_port: int | None = None
 
+    # --- access control (core/access.py) ---
+    # Users that may log in only from a loopback address (RabbitMQ's
+    # loopback_users): the well-known guest/guest must not open a broker to
+    # the network by accident.
+    loopback_users: tuple[str, ...] = ("guest",)
+
+    # --- connection and resource limits (None = unlimited, as RabbitMQ) ---
+    # Node-wide cap on client connections, checked at connection.open like
+    # RabbitMQ's connection_max: 530 "connection refused: node connection
+    # limit (N) is reached".
+    connection_max: int | None = None
+    # Defaults for every vhost/user; per-vhost and per-user limits set
+    # through core/access.py override them.
+    vhost_max_connections: int | None = None
+    vhost_max_queues: int | None = None
+    user_max_connections: int | None = None
+
+    # --- TLS (amqps) listener: started when cert and key are both set ---
+    tls_port: int = 5671
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    # CA bundle used to verify client certificates.
+    tls_cafile: Path | None = None
+    # verify_peer: ask for a client certificate and verify it when sent;
+    # fail_if_no_peer_cert: also refuse clients that send none (mTLS).
+    tls_verify_peer: bool = False
+    tls_fail_if_no_peer_cert: bool = False
+    # RabbitMQ's ssl_handshake_timeout (5 s).
+    tls_handshake_timeout_s: float = 5.0
+
+    # --- resource alarms (server/alarms.py) ---
+    # Publishing connections are blocked (connection.blocked) while the
+    # broker's RSS is above this many bytes; None turns the check off.
+    vm_memory_high_watermark_bytes: int | None = None
+    # ... or while the data dir's file system has less free space than
+    # this (RabbitMQ's default disk_free_limit is 50 MB).
+    disk_free_limit_bytes: int | None = 50 * 1000 * 1000
+    alarm_check_interval_s: float = 1.0
+
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **values: Any) -> Config:
@@ -72,6 +113,11 @@ class Config:
         clean = {k: v for k, v in values.items() if v is not None and k in known}
         if "data_dir" in clean and clean["data_dir"] is not None:
             clean["data_dir"] = Path(clean["data_dir"])
+        for key in ("tls_certfile", "tls_keyfile", "tls_cafile"):
+            if isinstance(clean.get(key), str):
+                clean[key] = Path(clean[key])
+        if isinstance(clean.get("loopback_users"), list):
+            clean["loopback_users"] = tuple(clean["loopback_users"])
         return replace(self, **clean)
 
     @classmethod

@@ -536,6 +536,12 @@ def test_empty_queue_name_means_last_declared_queue(ch):
     ch.basic_publish("", q, b"y")
     assert wait_message_count(ch, q, 1) == 1
     assert ch.queue_purge("").method.message_count == 1
+    # RabbitMQ: not so for queue.declare, where "" asks for a new server-named
+    # queue; a *passive* declare of "" is a 404 for the literal name ''.
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        ch.queue_declare("", passive=True)
+    assert info.value.reply_code == 404
+    assert info.value.reply_text.startswith("NOT_FOUND - no queue '' in vhost")
 
 
 def test_delete_and_unbind_of_missing_things_are_ok(ch, uniq):

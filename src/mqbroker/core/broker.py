@@ -10,6 +10,8 @@ write epoch; ``on_committed()`` releases the confirms that waited for it.
 
 from __future__ import annotations
 
+import datetime
+import heapq
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,11 @@ from mqbroker.core.vhost import VHost
 from mqbroker.persistence.store import Store
 from mqbroker.protocol import codec
 from mqbroker.protocol.events import ContentReceived
+from mqbroker.queues.deadletter import (
+    dead_letter_keys,
+    dead_letter_properties,
+    is_cycle,
+)
 from mqbroker.queues.queue import Queue, QueueEntry
 
 if TYPE_CHECKING:
@@ -36,12 +43,16 @@ if TYPE_CHECKING:
 _FLAG_HEADERS = 0x2000
 _FLAG_USER_ID = 0x0010
 _FLAG_REPLY_TO = 0x0200
+_FLAG_EXPIRATION = 0x0100
 
 
 class Broker:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
+        # Clocks are attributes so tests can drive time by hand.
+        self.clock: Callable[[], float] = time.monotonic
+        self.wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
         self.users = UserStore()
         self.users.add(config.default_user, config.default_password, ["administrator"])
         self.vhosts: dict[str, VHost] = {}
@@ -57,12 +68,19 @@ class Broker:
         self.request_commit: Callable[[], None] = lambda: None
         self.next_msg_id = store.max_msg_id() + 1
         self.started_at = time.time()
+        # The server's timer task sleeps until ``next_deadline()``; this
+        # wakes it when a new, earlier deadline appears.
+        self.timer_changed: Callable[[], None] = lambda: None
+        self._deadlines: list[tuple[int, int, Queue]] = []
+        self._deadline_seq = 0
 
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
             vhost = VHost(name, self.store)
             vhost.on_queue_deleted = self._queue_deleted
+            vhost.on_queue_created = self._queue_created
+            vhost.now_ms = self.wall_ms
             self.vhosts[name] = vhost
         return vhost
 
@@ -98,11 +116,13 @@ class Broker:
         self.dirty[queue] = None
 
     def run_dispatch(self) -> None:
+        now = self.wall_ms() if self.dirty else 0
         while self.dirty:
             dirty, self.dirty = self.dirty, {}
             for queue in dirty:
                 if not queue.deleted:
-                    queue.dispatch()
+                    queue.dispatch(now)
+                    self.schedule(queue)
         if self.to_flush:
             sessions, self.to_flush = self.to_flush, set()
             for session in sessions:
@@ -116,7 +136,91 @@ class Broker:
         self.run_dispatch()
 
     def take_for_get(self, queue: Queue) -> QueueEntry | None:
-        return queue.take()
+        entry = queue.take(self.wall_ms())
+        self.schedule(queue)
+        return entry
+
+    # ------------------------------------------------------------- timers
+
+    def _queue_created(self, queue: Queue) -> None:
+        queue.on_dead_letter = self.dead_letter
+        self.schedule(queue)
+
+    def schedule(self, queue: Queue) -> None:
+        """Make sure the timer wakes up for this queue's next deadline."""
+        deadline = queue.next_deadline()
+        if deadline is None:
+            return
+        heap = self._deadlines
+        if heap and heap[0][0] <= deadline and queue in self._scheduled:
+            return
+        self._deadline_seq += 1
+        earliest = heap[0][0] if heap else None
+        heapq.heappush(heap, (deadline, self._deadline_seq, queue))
+        self._scheduled.add(queue)
+        if earliest is None or deadline < earliest:
+            self.timer_changed()
+
+    @property
+    def _scheduled(self) -> set[Queue]:
+        scheduled: set[Queue] | None = getattr(self, "_scheduled_set", None)
+        if scheduled is None:
+            scheduled = self._scheduled_set = set()
+        return scheduled
+
+    def next_deadline(self) -> int | None:
+        """Wall-clock ms of the earliest queue deadline (TTL, x-expires)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def on_timer(self) -> None:
+        """Expire messages and idle queues whose time has come."""
+        now = self.wall_ms()
+        heap = self._deadlines
+        due: dict[Queue, None] = {}
+        while heap and heap[0][0] <= now:
+            _, _, queue = heapq.heappop(heap)
+            due[queue] = None
+        self._scheduled.difference_update(due)
+        for queue in due:
+            if queue.deleted:
+                continue
+            if queue.idle_expired(now):
+                vhost = self.vhosts.get(queue.vhost)
+                if vhost is not None:
+                    vhost.remove_queue(queue)
+                continue
+            queue.expire(now)
+            self.dirty[queue] = None
+        self.run_dispatch()
+        for queue in due:
+            if not queue.deleted:
+                self.schedule(queue)
+        if due and self.store.durable:
+            self.request_commit()
+
+    def check_consumer_timeouts(self, default_ms: int | None) -> None:
+        """Close channels holding a delivery longer than the timeout
+        (RabbitMQ: 406 on the channel, the delivery is requeued)."""
+        now = self.clock()
+        for session in list(self.sessions):
+            for chan in list(session.channels.values()):
+                if not chan.unacked:
+                    continue
+                delivery = next(iter(chan.unacked.values()))
+                timeout = delivery.queue.settings.consumer_timeout or default_ms
+                if timeout is None or timeout <= 0:
+                    continue
+                if (now - delivery.at) * 1000 >= timeout:
+                    session.report(
+                        errors.PreconditionFailed(
+                            f"delivery acknowledgement on channel {chan.id} timed "
+                            f"out. Timeout value used: {timeout} ms. This timeout "
+                            "value can be configured, see consumers doc guide to "
+                            "learn more"
+                        ),
+                        chan.id,
+                    )
+        self.run_dispatch()
 
     # ------------------------------------------------------------ publish
 
@@ -152,6 +256,12 @@ class Broker:
                 if props.reply_to == PSEUDO_QUEUE:
                     props.reply_to = self.direct_reply.reply_address(chan)
                     message = message.with_properties(props)
+            ttl = None
+            if flags & _FLAG_EXPIRATION or flags & 1:
+                try:
+                    ttl = message.expiration_ms()
+                except ValueError as exc:
+                    raise errors.PreconditionFailed(str(exc)) from None
             if not method.exchange and method.routing_key.startswith(REPLY_PREFIX):
                 return self._direct_reply(session, chan, method, message)
             if flags & _FLAG_HEADERS:
@@ -170,17 +280,24 @@ class Broker:
         except errors.AMQPError as exc:
             raise exc.with_method(60, 40)
         durable = False
+        refused = False
         if not queues:
             if method.mandatory:
                 self._return(session, chan, method, message)
         else:
+            now = self.wall_ms()
             for queue in queues:
-                durable |= queue.enqueue(message)
+                accepted, wrote = queue.offer(message, now, ttl)
+                durable |= wrote
+                refused |= not accepted
                 self.dirty[queue] = None
         if durable:
             self.request_commit()
         if chan.confirm:
-            chan.add_confirm(self.write_epoch if durable else 0)
+            if refused:
+                chan.nack_publish()
+            else:
+                chan.add_confirm(self.write_epoch if durable else 0)
         return durable
 
     def _direct_reply(
@@ -208,8 +325,37 @@ class Broker:
 
     # ------------------------------------------------------ dead letters
 
-    def dead_letter(self, queue: Queue, entry: QueueEntry, reason: str) -> None:
-        """Dead-lettering hook (x-dead-letter-exchange): see queues/."""
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+        """Publish a message that left ``queue`` for ``reason`` to the
+        queue's dead-letter exchange (dropped if there is none)."""
+        settings = queue.settings
+        dlx_name = settings.dead_letter_exchange
+        if dlx_name is None:
+            return
+        vhost = self.vhosts.get(queue.vhost)
+        if vhost is None:
+            return
+        dlx = vhost.exchanges.get(dlx_name)
+        if dlx is None:
+            return
+        props, previous = dead_letter_properties(
+            message, queue.name, reason, datetime.datetime.now(datetime.UTC)
+        )
+        keys = dead_letter_keys(message, settings.dead_letter_routing_key)
+        copy = message.with_properties(
+            props, msg_id=self.next_msg_id, exchange=dlx_name, routing_key=keys[0]
+        )
+        self.next_msg_id += 1
+        targets = route(vhost, dlx, keys, copy.headers)
+        now = self.wall_ms()
+        wrote = False
+        for target in targets:
+            if is_cycle(previous, target.name, reason):
+                continue
+            wrote |= target.offer(copy, now)[1]
+            self.dirty[target] = None
+        if wrote:
+            self.request_commit()
 
     # ----------------------------------------------------------- commits
 

@@ -19,6 +19,7 @@ from pamqp import commands
 from mqbroker import errors
 from mqbroker.core.message import Message
 from mqbroker.protocol import codec
+from mqbroker.protocol.table import Typed
 from mqbroker.queues.queue import Queue, QueueEntry
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class Consumer:
         "prefetch",
         "unacked",
         "arguments",
+        "priority",
     )
 
     def __init__(
@@ -56,6 +58,8 @@ class Consumer:
         self.prefetch = prefetch
         self.unacked = 0
         self.arguments = arguments
+        value = arguments.get("x-priority", 0)
+        self.priority = value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     def has_credit(self) -> bool:
         channel = self.channel
@@ -74,12 +78,28 @@ class Consumer:
 
 
 class Delivery:
-    __slots__ = ("queue", "entry", "consumer")
+    __slots__ = ("queue", "entry", "consumer", "at")
 
-    def __init__(self, queue: Queue, entry: QueueEntry, consumer: Consumer | None) -> None:
+    def __init__(
+        self, queue: Queue, entry: QueueEntry, consumer: Consumer | None, at: float
+    ) -> None:
         self.queue = queue
         self.entry = entry
         self.consumer = consumer
+        self.at = at  # monotonic seconds, for the consumer timeout
+
+
+def with_delivery_count(message: Message, count: int) -> Message:
+    """The message as a quorum queue delivers it: ``x-delivery-count``."""
+    props = message.props
+    copy = commands.Basic.Properties.__new__(commands.Basic.Properties)
+    for name in commands.Basic.Properties.__slots__:
+        setattr(copy, name, getattr(props, name, None))
+    copy.cluster_id = ""
+    headers = dict(props.headers or {})
+    headers["x-delivery-count"] = Typed("l", count)
+    copy.headers = headers
+    return message.with_properties(copy)
 
 
 class Channel:
@@ -116,6 +136,8 @@ class Channel:
         tag = self.next_tag
         self.next_tag = tag + 1
         message = entry.message or queue.message_of(entry)
+        if entry.delivery_count and queue.settings.counts_deliveries:
+            message = with_delivery_count(message, entry.delivery_count)
         session = self.session
         out = session.conn.out
         out += codec.deliver_method(
@@ -134,7 +156,7 @@ class Channel:
             queue.settle(entry)
         else:
             consumer.unacked += 1
-            self.unacked[tag] = Delivery(queue, entry, consumer)
+            self.unacked[tag] = Delivery(queue, entry, consumer, session.broker.clock())
             if entry.persisted and not entry.redelivered:
                 queue.delivered_once(entry)
         session.output_ready()
@@ -157,6 +179,8 @@ class Channel:
         tag = self.next_tag
         self.next_tag = tag + 1
         message = queue.message_of(entry)
+        if queue.settings.counts_deliveries:
+            message = with_delivery_count(message, entry.delivery_count)
         out = self.session.conn.out
         out += codec.get_ok_method(
             self.id,
@@ -173,7 +197,7 @@ class Channel:
         if no_ack:
             queue.settle(entry)
         else:
-            self.unacked[tag] = Delivery(queue, entry, None)
+            self.unacked[tag] = Delivery(queue, entry, None, self.session.broker.clock())
             queue.delivered_once(entry)
         self.session.output_ready()
 
@@ -222,8 +246,7 @@ class Channel:
             return any(d.entry.persisted for d in taken)
         wrote = False
         for delivery in taken:
-            self.session.broker.dead_letter(delivery.queue, delivery.entry, "rejected")
-            delivery.queue.settle(delivery.entry)
+            delivery.queue.reject(delivery.entry)
             wrote |= delivery.entry.persisted
             self._released(delivery)
         return wrote

@@ -20,6 +20,8 @@ _FLAG_CONTENT_TYPE = 0x8000
 _FLAG_CONTENT_ENCODING = 0x4000
 _FLAG_HEADERS = 0x2000
 _FLAG_DELIVERY_MODE = 0x1000
+_FLAG_PRIORITY = 0x0800
+_FLAG_EXPIRATION = 0x0100
 
 
 class Message:
@@ -70,6 +72,30 @@ class Message:
         return self._props
 
     @property
+    def priority(self) -> int:
+        raw = self.properties_raw
+        if len(raw) < 2 or not (raw[0] << 8 | raw[1]) & _FLAG_PRIORITY:
+            return 0
+        value = self.props.priority
+        return int(value) if value else 0
+
+    def expiration_ms(self) -> int | None:
+        """The per-message TTL; raises ValueError for a malformed one."""
+        raw = self.properties_raw
+        if len(raw) < 2 or not (raw[0] << 8 | raw[1]) & _FLAG_EXPIRATION:
+            return None
+        value = self.props.expiration
+        if value is None:
+            return None
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if not text.isdigit():
+            raise ValueError(
+                f"invalid expiration '{text}': "
+                + ("negative" if text.startswith("-") and text[1:].isdigit() else "no_integer")
+            )
+        return int(text)
+
+    @property
     def headers(self) -> dict[str, Any] | None:
         headers = self.props.headers
         return headers if isinstance(headers, dict) else None
@@ -78,12 +104,19 @@ class Message:
     def size(self) -> int:
         return len(self.body)
 
-    def with_properties(self, props: commands.Basic.Properties) -> Message:
+    def with_properties(
+        self,
+        props: commands.Basic.Properties,
+        *,
+        msg_id: int | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+    ) -> Message:
         """A copy with changed properties (BCC stripped, x-death added)."""
         return Message(
-            self.msg_id,
-            self.exchange,
-            self.routing_key,
+            self.msg_id if msg_id is None else msg_id,
+            self.exchange if exchange is None else exchange,
+            self.routing_key if routing_key is None else routing_key,
             codec.encode_properties(props),
             self.body,
             props,

@@ -51,6 +51,7 @@ def recover(broker: Broker) -> dict[str, int]:
         for stored in store.load_entries(queue.key):
             queue.restore(stored)
             counts["messages"] += 1
+        broker.schedule(queue)
     for _, record in store.definitions("binding"):
         vhost = broker.vhosts.get(record["vhost"])
         if vhost is None:

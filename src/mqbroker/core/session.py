@@ -356,6 +356,7 @@ def _consume(s: Session, chan: Channel, m: commands.Basic.Consume) -> None:
     )
     chan.consumers[tag] = consumer
     queue.add_consumer(consumer)
+    queue.last_used_ms = s.broker.wall_ms()
     if not m.nowait:
         s.reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag))
     s.broker.mark_dirty(queue)

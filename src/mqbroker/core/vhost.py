@@ -22,6 +22,7 @@ from mqbroker.exchanges.registry import exchange_type
 from mqbroker.persistence.store import Store
 from mqbroker.queues.arguments import check_queue_arguments
 from mqbroker.queues.queue import Queue, store_key
+from mqbroker.queues.settings import QueueSettings
 
 BUILTIN_EXCHANGES = (
     ("", "direct"),
@@ -86,6 +87,13 @@ class VHost:
         # Called with a queue after it is deleted (consumers cancelled by
         # the broker, which knows the sessions).
         self.on_queue_deleted: Callable[[Queue], None] = lambda q: None
+        self.on_queue_created: Callable[[Queue], None] = lambda q: None
+        self.now_ms: Callable[[], int] = lambda: 0
+        # name -> (policy name, definition) chosen for queues; set by the
+        # policy store (queues/policies.py) when policies exist.
+        self.policy_for: Callable[[str, str], tuple[str | None, dict[str, Any]]] = (
+            lambda kind, name: (None, {})
+        )
         for name_, type_name in BUILTIN_EXCHANGES:
             self.exchanges[name_] = Exchange(
                 self.name,
@@ -270,6 +278,7 @@ class VHost:
         existing = self.queues.get(name)
         if existing is not None:
             self.get_queue(name, owner)  # 405 if someone else's exclusive
+            existing.last_used_ms = self.now_ms()
             if exclusive != (existing.exclusive_owner is not None):
                 raise errors.ResourceLocked(
                     f"cannot obtain exclusive access to locked queue '{name}' "
@@ -290,6 +299,7 @@ class VHost:
             self._check_args(QUEUE_EQUIVALENCE_ARGS, existing.arguments, arguments, where)
             return existing
         check_queue_arguments(arguments, durable=durable, exclusive=exclusive)
+        policy, definition = self.policy_for("queue", name)
         queue = Queue(
             self.name,
             name,
@@ -298,8 +308,11 @@ class VHost:
             auto_delete=auto_delete,
             arguments=arguments,
             store=self.store,
+            settings=QueueSettings.build(arguments, policy, definition),
+            now_ms=self.now_ms(),
         )
         self.queues[name] = queue
+        self.on_queue_created(queue)
         if durable and not exclusive and persist:
             self.store.put_definition("queue", queue.key, self.queue_record(queue))
         self.exchanges[""].impl.bind(Destination("queue", name), name)

@@ -109,17 +109,23 @@ def unpack_message(raw: bytes, key: bytes) -> StoredMessage:
 
 def pack_entry(entry: StoredEntry) -> bytes:
     return pack(
-        [entry.msg_id, entry.delivery_count, entry.redelivered, entry.size]
+        [
+            entry.msg_id,
+            entry.delivery_count,
+            entry.redelivered,
+            entry.size,
+            entry.expires_at,
+        ]
     )
 
 
 def unpack_entry(raw: bytes, key: bytes) -> StoredEntry:
     fields = unpack(raw, "entry", key)
     try:
-        msg_id, delivery_count, redelivered, size = fields
+        msg_id, delivery_count, redelivered, size, expires_at = fields
         return StoredEntry(
             int.from_bytes(key[-8:], "big"), msg_id, delivery_count,
-            bool(redelivered), size,
+            bool(redelivered), size, expires_at,
         )
     except (TypeError, ValueError) as exc:
         raise StoreCorruptionError("entry", key) from exc
@@ -156,5 +162,5 @@ def copy_entry(entry: StoredEntry) -> StoredEntry:
     a batch that a worker thread may be encoding."""
     return StoredEntry(
         entry.seq, entry.msg_id, entry.delivery_count, entry.redelivered,
-        entry.size,
+        entry.size, entry.expires_at,
     )

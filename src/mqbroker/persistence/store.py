@@ -49,6 +49,8 @@ class StoredEntry:
     # body size in bytes: lets recovery rebuild byte counts (length limits,
     # management) without reading a single body
     size: int = 0
+    # wall-clock ms after which the message expires (0: never)
+    expires_at: int = 0
 
 
 @dataclass(slots=True)

@@ -219,7 +219,9 @@ def decode_properties(raw: bytes) -> commands.Basic.Properties:
 
 
 def encode_properties(props: commands.Basic.Properties) -> bytes:
-    return props.marshal()
+    from mqbroker.protocol.table import encode_properties as _encode
+
+    return _encode(props)
 
 
 def decode_table(data: bytes) -> dict[str, Any]:

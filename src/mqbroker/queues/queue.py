@@ -1,23 +1,29 @@
 """A queue: ready messages in order, its consumers, and its store writes.
 
-Strategy: ready entries sit in a deque ordered by ``seq``; a requeued entry
-keeps its seq and is put back where it was (at the head in the usual case),
-which is RabbitMQ's classic-queue behaviour. A consumer is picked
-round-robin among those with credit; when none has credit, ``dispatch()``
-stops at once and is called again when credit returns (ack, qos, drained
-socket). Persistent messages in a durable queue are written through the
-``Store``; everything else lives only here.
+Strategy: ready entries sit in a ``Fifo`` (or one per priority) ordered by
+``seq``; a requeued entry keeps its seq and goes back to its place, which is
+RabbitMQ's classic-queue behaviour (quorum queues requeue at the back). A
+consumer is picked round-robin among the highest-priority consumers with
+credit; when none has credit, ``dispatch()`` stops at once and is called
+again when credit returns (ack, qos, drained socket). Persistent messages in
+a durable queue go through the ``Store``; everything else lives only here.
+
+Policies (TTL, length limits, delivery limits, dead-lettering) are read
+from one frozen ``QueueSettings``. Removing a message for a reason
+("expired", "maxlen", "rejected", "delivery_limit") always goes through
+``_discard()``, which hands it to the dead-letter hook first, so no message
+leaves a queue without a reason.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mqbroker.core.message import Message
 from mqbroker.persistence.store import Store, StoredEntry, StoredMessage
+from mqbroker.queues.ready import Fifo, PriorityReady, Ready
+from mqbroker.queues.settings import QueueSettings
 
 if TYPE_CHECKING:
     from mqbroker.core.channel import Consumer
@@ -28,8 +34,9 @@ class QueueEntry:
 
     ``message`` is None while the body is paged out: persisted entries far
     from the head keep only their ids in RAM and are read back from the
-    store when they get near delivery, which is what bounds memory for a
-    backlog larger than RAM.
+    store when they are delivered, which bounds memory for a backlog larger
+    than RAM. ``expires_at`` is wall-clock ms (0: never), so it survives a
+    restart.
     """
 
     __slots__ = (
@@ -40,6 +47,8 @@ class QueueEntry:
         "delivery_count",
         "redelivered",
         "persisted",
+        "expires_at",
+        "priority",
     )
 
     def __init__(
@@ -51,6 +60,8 @@ class QueueEntry:
         delivery_count: int = 0,
         redelivered: bool = False,
         persisted: bool = False,
+        expires_at: int = 0,
+        priority: int = 0,
     ) -> None:
         self.seq = seq
         self.msg_id = msg_id
@@ -59,6 +70,8 @@ class QueueEntry:
         self.delivery_count = delivery_count
         self.redelivered = redelivered
         self.persisted = persisted
+        self.expires_at = expires_at
+        self.priority = priority
 
 
 # A persisted message keeps its body in RAM only while it is among the first
@@ -66,10 +79,16 @@ class QueueEntry:
 # next); deeper entries are read back from the store when delivered.
 HEAD_WINDOW = 1024
 
+DeadLetterHook = Callable[["Queue", Message, str], None]
+
 
 def store_key(vhost: str, name: str) -> str:
     """Unambiguous for any vhost and queue name (both may contain '/')."""
     return f"{len(vhost)}:{vhost}:{name}"
+
+
+def _no_dead_letter(queue: Queue, message: Message, reason: str) -> None:
+    pass
 
 
 class Queue:
@@ -83,6 +102,8 @@ class Queue:
         auto_delete: bool,
         arguments: dict[str, Any],
         store: Store,
+        settings: QueueSettings | None = None,
+        now_ms: int = 0,
     ) -> None:
         self.vhost = vhost
         self.name = name
@@ -92,7 +113,12 @@ class Queue:
         self.arguments = arguments
         self.store = store
         self.key = store_key(vhost, name)
-        self.ready: deque[QueueEntry] = deque()
+        self.settings = settings or QueueSettings.build(arguments)
+        self.ready: Ready = (
+            PriorityReady(self.settings.max_priority)
+            if self.settings.max_priority
+            else Fifo()
+        )
         self.ready_bytes = 0
         self.unacked = 0
         self.consumers: list[Consumer] = []
@@ -100,10 +126,16 @@ class Queue:
         self.deleted = False
         self.next_seq = 1
         self._rr = 0
-        # stats for management
+        self._rr_by_priority: dict[int, int] = {}
+        self.on_dead_letter: DeadLetterHook = _no_dead_letter
+        self.last_used_ms = now_ms
+        # counters for management and metrics
         self.published = 0
         self.delivered = 0
         self.acked = 0
+        self.dead_lettered = 0
+        self.expired = 0
+        self.rejected_publishes = 0
 
     # ---------------------------------------------------------- counts
 
@@ -115,17 +147,59 @@ class Queue:
     def consumer_count(self) -> int:
         return len(self.consumers)
 
+    def entries(self) -> Iterator[QueueEntry]:
+        """Ready entries in delivery order (read-only view)."""
+        return iter(self.ready)
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """A policy changed: new limits apply from now on."""
+        old = self.settings
+        self.settings = settings
+        if (settings.max_priority or None) != (old.max_priority or None):
+            entries = list(self.ready)
+            self.ready = (
+                PriorityReady(settings.max_priority) if settings.max_priority else Fifo()
+            )
+            for entry in sorted(entries, key=lambda e: e.seq):
+                self.ready.append(entry)
+        self._enforce_length()
+
     # ---------------------------------------------------------- enqueue
 
-    def enqueue(self, message: Message) -> bool:
-        """Append a message; True when it was written to a durable store."""
+    def _would_overflow(self, size: int) -> bool:
+        st = self.settings
+        if st.max_length is not None and len(self.ready) >= st.max_length:
+            return True
+        return (
+            st.max_length_bytes is not None
+            and self.ready_bytes + size > st.max_length_bytes
+        )
+
+    def offer(
+        self, message: Message, now_ms: int, ttl_ms: int | None = None
+    ) -> tuple[bool, bool]:
+        """Add a message -> (accepted, wrote to the durable store)."""
+        st = self.settings
+        size = len(message.body)
+        if st.overflow != "drop-head" and st.has_length_limit and self._would_overflow(size):
+            self.rejected_publishes += 1
+            if st.overflow == "reject-publish-dlx":
+                self.dead_lettered += 1
+                self.on_dead_letter(self, message, "maxlen")
+            return False, False
+        ttl = st.message_ttl
+        if ttl_ms is not None and (ttl is None or ttl_ms < ttl):
+            ttl = ttl_ms
+        expires_at = now_ms + ttl if ttl is not None else 0
+        priority = 0
+        if st.max_priority:
+            priority = min(message.priority, st.max_priority)
         seq = self.next_seq
         self.next_seq = seq + 1
-        size = len(message.body)
         if self.durable and message.persistent:
             self.store.enqueue(
                 self.key,
-                StoredEntry(seq, message.msg_id, size=size),
+                StoredEntry(seq, message.msg_id, size=size, expires_at=expires_at),
                 StoredMessage(
                     message.exchange,
                     message.routing_key,
@@ -134,30 +208,56 @@ class Queue:
                 ),
             )
             keep = message if len(self.ready) < HEAD_WINDOW else None
-            entry = QueueEntry(seq, message.msg_id, size, keep, persisted=True)
+            entry = QueueEntry(
+                seq, message.msg_id, size, keep, persisted=True,
+                expires_at=expires_at, priority=priority,
+            )
         else:
-            entry = QueueEntry(seq, message.msg_id, size, message)
+            entry = QueueEntry(
+                seq, message.msg_id, size, message,
+                expires_at=expires_at, priority=priority,
+            )
         self.ready.append(entry)
         self.ready_bytes += size
         self.published += 1
-        return entry.persisted and self.store.durable
+        if st.has_length_limit:
+            self._enforce_length()
+        return True, entry.persisted and self.store.durable
 
-    def restore(self, stored: StoredEntry) -> None:
+    def enqueue(self, message: Message) -> bool:
+        """Add a message with no TTL context (tests, admin); True: durable."""
+        return self.offer(message, self.last_used_ms)[1]
+
+    def _enforce_length(self) -> None:
+        st = self.settings
+        if not st.has_length_limit:
+            return
+        ready = self.ready
+        while ready and (
+            (st.max_length is not None and len(ready) > st.max_length)
+            or (st.max_length_bytes is not None and self.ready_bytes > st.max_length_bytes)
+        ):
+            self._discard(self._pop(), "maxlen")
+
+    def restore(self, stored: StoredEntry) -> QueueEntry:
         """Put back an entry recovered from the store at start-up."""
-        self.ready.append(
-            QueueEntry(
-                stored.seq,
-                stored.msg_id,
-                stored.size,
-                None,
-                stored.delivery_count,
-                stored.redelivered,
-                persisted=True,
-            )
+        entry = QueueEntry(
+            stored.seq,
+            stored.msg_id,
+            stored.size,
+            None,
+            stored.delivery_count,
+            stored.redelivered,
+            persisted=True,
+            expires_at=stored.expires_at,
         )
+        if self.settings.max_priority:
+            entry.priority = min(self.message_of(entry).priority, self.settings.max_priority)
+        self.ready.append(entry)
         self.ready_bytes += stored.size
         if stored.seq >= self.next_seq:
             self.next_seq = stored.seq + 1
+        return entry
 
     def message_of(self, entry: QueueEntry) -> Message:
         """The entry's message, read back from the store if paged out."""
@@ -182,6 +282,7 @@ class Queue:
                 entry.delivery_count,
                 redelivered,
                 entry.size,
+                entry.expires_at,
             ),
         )
 
@@ -191,33 +292,115 @@ class Queue:
         if entry.persisted and not entry.redelivered and not self.deleted:
             self._persist(entry, True)
 
+    # --------------------------------------------------------- removal
+
+    def _pop(self) -> QueueEntry:
+        entry = self.ready.popleft()
+        self.ready_bytes -= entry.size
+        return entry
+
+    def _forget(self, entry: QueueEntry) -> None:
+        if entry.persisted and not self.deleted:
+            self.store.remove_entry(self.key, entry.seq, entry.msg_id)
+
+    def _discard(self, entry: QueueEntry, reason: str) -> None:
+        """A ready or unacked entry leaves for a reason: dead-letter it."""
+        if reason == "expired":
+            self.expired += 1
+        self.dead_lettered += 1
+        if not self.deleted:
+            self.on_dead_letter(self, self.message_of(entry), reason)
+        self._forget(entry)
+
+    def expire(self, now_ms: int) -> int:
+        """Drop expired entries at the head (RabbitMQ expires only there)."""
+        ready = self.ready
+        count = 0
+        while ready:
+            head = ready.peek()
+            if not head.expires_at or head.expires_at >= now_ms:
+                break
+            self._discard(self._pop(), "expired")
+            count += 1
+        return count
+
+    def next_deadline(self) -> int | None:
+        """Wall-clock ms at which this queue needs ``on_timer`` again."""
+        deadline = None
+        if self.ready:
+            head = self.ready.peek()
+            if head.expires_at:
+                deadline = head.expires_at + 1
+        expires = self.settings.expires
+        if expires is not None and not self.consumers:
+            idle = self.last_used_ms + expires
+            deadline = idle if deadline is None else min(deadline, idle)
+        return deadline
+
+    def idle_expired(self, now_ms: int) -> bool:
+        expires = self.settings.expires
+        return (
+            expires is not None
+            and not self.consumers
+            and now_ms >= self.last_used_ms + expires
+        )
+
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
-        """Return unacked entries to their original place, redelivered."""
+        """Return unacked entries: back to their place, redelivered, or
+        dead-lettered once they have failed more than the delivery limit."""
         if self.deleted:
+            for _ in entries:
+                self.unacked -= 1
             return
-        for entry in sorted(entries, key=lambda e: e.seq, reverse=True):
+        limit = self.settings.delivery_limit
+        quorum = self.settings.quorum
+        for entry in sorted(entries, key=lambda e: e.seq, reverse=not quorum):
             self.unacked -= 1
             entry.redelivered = True
             entry.delivery_count += 1
-            if entry.persisted:
-                self._persist(entry, True)
-            ready = self.ready
-            if not ready or entry.seq < ready[0].seq:
-                ready.appendleft(entry)
-            elif entry.seq > ready[-1].seq:
-                ready.append(entry)
+            if limit is not None and entry.delivery_count > limit:
+                self._discard(entry, "delivery_limit")
+                continue
+            if quorum:
+                self._to_back(entry)
             else:
-                ready.insert(bisect.bisect(ready, entry.seq, key=_seq), entry)
+                if entry.persisted:
+                    self._persist(entry, True)
+                self.ready.put_back(entry)
             self.ready_bytes += entry.size
+        if self.settings.has_length_limit:
+            self._enforce_length()
+
+    def _to_back(self, entry: QueueEntry) -> None:
+        """Quorum semantics: a returned message goes to the back."""
+        old_seq = entry.seq
+        entry.seq = self.next_seq
+        self.next_seq += 1
+        if entry.persisted:
+            message = self.message_of(entry)
+            self.store.enqueue(
+                self.key,
+                StoredEntry(
+                    entry.seq, entry.msg_id, entry.delivery_count, True,
+                    entry.size, entry.expires_at,
+                ),
+                StoredMessage(
+                    message.exchange, message.routing_key,
+                    message.properties_raw, message.body,
+                ),
+            )
+            self.store.remove_entry(self.key, old_seq, entry.msg_id)
+        self.ready.append(entry)
 
     # ---------------------------------------------------------- dequeue
 
-    def take(self) -> QueueEntry | None:
+    def take(self, now_ms: int) -> QueueEntry | None:
         """The head entry, now counted as unacked (for basic.get)."""
+        self.last_used_ms = now_ms
+        self.expire(now_ms)
         if not self.ready:
             return None
-        entry = self.ready.popleft()
-        self.ready_bytes -= entry.size
+        entry = self._pop()
         self.unacked += 1
         self.delivered += 1
         return entry
@@ -226,14 +409,17 @@ class Queue:
         """An unacked entry is done (acked, or dropped)."""
         self.unacked -= 1
         self.acked += 1
-        if entry.persisted and not self.deleted:
-            self.store.remove_entry(self.key, entry.seq, entry.msg_id)
+        self._forget(entry)
+
+    def reject(self, entry: QueueEntry, reason: str = "rejected") -> None:
+        """An unacked entry was rejected without requeue."""
+        self.unacked -= 1
+        self._discard(entry, reason)
 
     def purge(self) -> int:
         count = len(self.ready)
         for entry in self.ready:
-            if entry.persisted:
-                self.store.remove_entry(self.key, entry.seq, entry.msg_id)
+            self._forget(entry)
         self.ready.clear()
         self.ready_bytes = 0
         return count
@@ -249,7 +435,11 @@ class Queue:
     # -------------------------------------------------------- consumers
 
     def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers.append(consumer)
+        consumers = self.consumers
+        index = len(consumers)
+        while index and consumers[index - 1].priority < consumer.priority:
+            index -= 1
+        consumers.insert(index, consumer)
         self.had_consumers = True
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -258,26 +448,58 @@ class Queue:
         except ValueError:
             pass
 
-    def dispatch(self) -> None:
-        """Hand ready entries to consumers with credit, round-robin."""
+    @property
+    def active_consumer(self) -> Consumer | None:
+        if self.settings.single_active_consumer and self.consumers:
+            return self.consumers[0]
+        return None
+
+    def _pick(self) -> Consumer | None:
         consumers = self.consumers
-        ready = self.ready
-        while ready and consumers:
-            count = len(consumers)
+        if self.settings.single_active_consumer:
+            first = consumers[0]
+            return first if first.has_credit() else None
+        count = len(consumers)
+        if consumers[0].priority == consumers[-1].priority:
             for _ in range(count):
                 index = self._rr % count
                 self._rr = index + 1
                 consumer = consumers[index]
                 if consumer.has_credit():
-                    break
-            else:
+                    return consumer
+            return None
+        start = 0
+        while start < count:
+            priority = consumers[start].priority
+            end = start
+            while end < count and consumers[end].priority == priority:
+                end += 1
+            size = end - start
+            rr = self._rr_by_priority.get(priority, 0)
+            for step in range(size):
+                index = start + (rr + step) % size
+                if consumers[index].has_credit():
+                    self._rr_by_priority[priority] = (rr + step + 1) % size
+                    return consumers[index]
+            start = end
+        return None
+
+    def dispatch(self, now_ms: int) -> None:
+        """Hand ready entries to consumers with credit."""
+        ready = self.ready
+        if not ready or not self.consumers:
+            return
+        check_ttl = self.settings.message_ttl is not None or True
+        while ready:
+            if check_ttl:
+                head = ready.peek()
+                if head.expires_at and head.expires_at < now_ms:
+                    self._discard(self._pop(), "expired")
+                    continue
+            consumer = self._pick()
+            if consumer is None:
                 return
-            entry = ready.popleft()
-            self.ready_bytes -= entry.size
+            entry = self._pop()
             self.unacked += 1
             self.delivered += 1
             consumer.deliver(self, entry)
-
-
-def _seq(entry: QueueEntry) -> int:
-    return entry.seq

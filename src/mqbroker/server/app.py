@@ -18,6 +18,7 @@ from mqbroker.core.recovery import recover
 from mqbroker.log import get_logger
 from mqbroker.persistence import GroupCommitter, open_store
 from mqbroker.server.connection_task import ConnectionTask
+from mqbroker.server.timers import run_consumer_timeouts, run_timers
 
 log = get_logger("mqbroker.server")
 
@@ -62,6 +63,8 @@ async def serve(
         broker.request_commit = committer.notify
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
+            await nursery.start(run_timers, broker)
+            await nursery.start(run_consumer_timeouts, broker, config.consumer_timeout_ms)
             listeners = await trio.open_tcp_listeners(config.port, host=config.host)
             port = listeners[0].socket.getsockname()[1]
 
