@@ -36,8 +36,17 @@ class Fifo:
     def __iter__(self) -> Iterator[QueueEntry]:
         return iter(self._q)
 
+    def __getitem__(self, index: int) -> QueueEntry:
+        return self._q[index]
+
     def append(self, entry: QueueEntry) -> None:
         self._q.append(entry)
+
+    def appendleft(self, entry: QueueEntry) -> None:
+        self._q.appendleft(entry)
+
+    def rotate(self, n: int) -> None:
+        self._q.rotate(n)
 
     def peek(self) -> QueueEntry:
         return self._q[0]
@@ -74,6 +83,16 @@ class PriorityReady:
     def __iter__(self) -> Iterator[QueueEntry]:
         for level in reversed(self._levels):
             yield from level
+
+    def __getitem__(self, index: int) -> QueueEntry:
+        if index == 0:
+            return self.peek()
+        if index < 0:
+            index += self._count
+        for position, entry in enumerate(self):
+            if position == index:
+                return entry
+        raise IndexError(index)
 
     def _level(self, entry: QueueEntry) -> Fifo:
         return self._levels[min(entry.priority, len(self._levels) - 1)]
