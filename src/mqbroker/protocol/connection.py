@@ -234,7 +234,9 @@ class ServerConnection:
         if isinstance(method, commands.Connection.Close):
             self._send(0, commands.Connection.CloseOk())
             self.state = State.CLOSED
-            return ConnectionClosed(method.reply_code, method.reply_text, True)
+            return ConnectionClosed(
+                method.reply_code or 0, method.reply_text or "", True
+            )
         if isinstance(method, commands.Connection.CloseOk):
             return None
         if isinstance(method, commands.Connection.UpdateSecret):
