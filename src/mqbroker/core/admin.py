@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as _dt
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +28,7 @@ from mqbroker import errors
 from mqbroker.core.message import Message
 from mqbroker.core.router import route, sender_keys
 from mqbroker.core.vhost import VHost
-from mqbroker.exchanges.base import Binding, Destination
+from mqbroker.exchanges.base import Binding
 from mqbroker.exchanges.registry import exchange_type
 from mqbroker.protocol import codec
 from mqbroker.queues.queue import Queue, QueueEntry, store_key
@@ -68,7 +67,50 @@ def message_of(queue: Queue, entry: Any) -> Message:
     )
 
 
+def entry_size(queue: Queue, entry: Any) -> int:
+    size = getattr(entry, "size", None)
+    return int(size) if size is not None else message_of(queue, entry).size
+
+
+def entries(queue: Queue) -> Iterator[Any]:
+    """Ready entries in delivery order, read-only."""
+    return iter(queue.ready)
+
+
+def head(queue: Queue) -> Any | None:
+    ready = queue.ready
+    if not ready:
+        return None
+    peek = getattr(ready, "peek", None)
+    if peek is not None:
+        return peek()
+    return next(iter(ready))
+
+
+def now_ms(broker: Broker) -> int:
+    clock = getattr(broker, "wall_ms", None)
+    return int(clock()) if clock is not None else int(time.time() * 1000)
+
+
+def offer(broker: Broker, queue: Queue, message: Message) -> tuple[bool, bool]:
+    """Enqueue -> (accepted, wrote durably); a full queue may refuse."""
+    method = getattr(queue, "offer", None)
+    if method is not None:
+        accepted, wrote = method(message, now_ms(broker))
+        return bool(accepted), bool(wrote)
+    return True, bool(queue.enqueue(message))
+
+
+def plain(value: Any) -> Any:
+    """Unwrap type-tagged header values (``Typed``) to plain values."""
+    inner = getattr(value, "value", None)
+    if inner is not None and hasattr(value, "tag"):
+        return inner
+    return value
+
+
 def text(value: Any) -> str:
+    value = plain(value)
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     return "" if value is None else str(value)
@@ -106,13 +148,14 @@ def session_of(chan: Channel) -> Session:
 def x_death(message: Message) -> list[dict[str, Any]]:
     """The ``x-death`` header as plain dicts (most recent death first)."""
     headers = message.headers or {}
-    raw = headers.get("x-death")
+    raw = plain(headers.get("x-death"))
     if not isinstance(raw, list):
         return []
     deaths = []
     for item in raw:
         if not isinstance(item, dict):
             continue
+        item = {k: plain(v) for k, v in item.items()}
         keys = item.get("routing-keys")
         when = item.get("time")
         if isinstance(when, _dt.datetime):
@@ -237,12 +280,16 @@ def publish(
     broker.next_msg_id += 1
     queues = route(vhost, exchange, keys, headers)
     durable = False
+    accepted = []
     for queue in queues:
-        durable |= queue.enqueue(message)
+        ok, wrote = offer(broker, queue, message)
+        durable |= wrote
+        if ok:
+            accepted.append(queue.name)
         broker.mark_dirty(queue)
     epoch = _commit(broker, durable)
     broker.run_dispatch()
-    return Published(bool(queues), [q.name for q in queues], epoch)
+    return Published(bool(accepted), accepted, epoch)
 
 
 def _commit(broker: Broker, wrote: bool) -> int:
@@ -279,18 +326,18 @@ def get_messages(
             break
         taken.append(entry)
         got.append(Got(message_of(queue, entry), entry.redelivered, queue.message_count))
-    wrote = False
+    wrote = any(e.persisted for e in taken)
     if ackmode.endswith("requeue_true"):
         queue.requeue(taken)
-        wrote = any(e.persisted for e in taken)
     else:
+        reject = getattr(queue, "reject", None)
         for entry in taken:
-            if ackmode.startswith("reject"):
-                broker.dead_letter(queue, entry, "rejected")
-            queue.settle(entry)
-            wrote |= entry.persisted
+            if ackmode.startswith("reject") and reject is not None:
+                reject(entry, "rejected")  # dead-letters it, if configured
+            else:
+                queue.settle(entry)
     broker.mark_dirty(queue)
-    epoch = _commit(broker, wrote)
+    epoch = _commit(broker, wrote or ackmode.startswith("reject"))
     broker.run_dispatch()
     return got, epoch
 
@@ -335,8 +382,11 @@ def browse(
     limit = max(1, limit)
     items: list[Browsed] = []
     if state in ("ready", "all"):
-        start = bisect.bisect_right(queue.ready, after, key=_seq)
-        for entry in itertools.islice(queue.ready, start, start + limit + 1):
+        for entry in entries(queue):
+            if entry.seq <= after:
+                continue
+            if len(items) > limit:
+                break
             items.append(
                 Browsed(
                     entry.seq,
@@ -458,7 +508,7 @@ def move_batch(
     stamp: bool = True,
     scan_limit: int = 10_000,
     plan_limit: int = 100,
-    now_ms: int | None = None,
+    replayed_at_ms: int | None = None,
 ) -> MoveResult:
     """Move up to ``count`` ready messages (seq > ``after``) out of a queue.
 
@@ -474,20 +524,21 @@ def move_batch(
             raise errors.PreconditionFailed("source and destination are the same queue")
     elif target.mode == "exchange":
         vhost.get_exchange(target.exchange or "")
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    stamp_ms = int(time.time() * 1000) if replayed_at_ms is None else replayed_at_ms
     result = MoveResult(cursor=after)
     ready = source.ready
-    start = bisect.bisect_right(ready, after, key=_seq)
     examined: list[QueueEntry] = []
+    last_pos = -1
     moves: list[tuple[QueueEntry, Message, str, str, list[Queue]]] = []
-    moved_ids: set[int] = set()
-    iterator: Iterator[QueueEntry] = itertools.islice(ready, start, None)
     result.done = True
-    for entry in iterator:
+    for pos, entry in enumerate(entries(source)):
+        if entry.seq <= after:
+            continue
         if len(moves) >= count or len(examined) >= scan_limit:
             result.done = False
             break
         examined.append(entry)
+        last_pos = pos
         message = message_of(source, entry)
         if filter is not None and not filter.matches(message):
             result.skipped += 1
@@ -506,7 +557,6 @@ def move_batch(
             continue
         assert where is not None
         moves.append((entry, message, where[0], where[1][0], queues))
-        moved_ids.add(id(entry))
         if len(result.plan) < plan_limit:
             result.plan.append(
                 {
@@ -524,34 +574,45 @@ def move_batch(
         result.moved = len(moves)
         result.remaining = source.message_count
         return result
-    if moves:
-        # Take the examined stretch out of the deque and put back what
-        # stays, without touching anything before or after it.
-        ready.rotate(-start)
-        for _ in range(len(examined)):
-            ready.popleft()
-        for entry in reversed(examined):
-            if id(entry) not in moved_ids:
-                ready.appendleft(entry)
-        ready.rotate(start)
+    if not moves:
+        result.remaining = source.message_count
+        return result
+    # Take the stretch up to the last examined entry off the head (iteration
+    # order is delivery order), enqueue the copies, then put back, each to
+    # its place, every entry that stays (skipped, or refused by a full
+    # destination).
+    popped = [ready.popleft() for _ in range(last_pos + 1)]
+    staying = {id(e) for e in popped}
     wrote = False
+    moved = 0
     for entry, message, exchange_name, key, queues in moves:
-        source.ready_bytes -= message.size
-        if entry.persisted:
-            source.store.remove_entry(source.key, entry.seq, message.msg_id)
-            wrote = True
         msg_id = broker.next_msg_id
         broker.next_msg_id += 1
         if stamp:
-            copy = _stamped(message, msg_id, exchange_name, key, now_ms)
+            copy = _stamped(message, msg_id, exchange_name, key, stamp_ms)
         else:
             copy = Message(
                 msg_id, exchange_name, key, message.properties_raw, message.body
             )
+        accepted = False
         for queue in queues:
-            wrote |= queue.enqueue(copy)
+            ok, durable = offer(broker, queue, copy)
+            accepted |= ok
+            wrote |= durable
             broker.mark_dirty(queue)
-    result.moved = len(moves)
+        if not accepted:
+            result.unroutable += 1
+            continue
+        staying.discard(id(entry))
+        moved += 1
+        source.ready_bytes -= entry_size(source, entry)
+        if entry.persisted:
+            source.store.remove_entry(source.key, entry.seq, message.msg_id)
+            wrote = True
+    for entry in reversed(popped):
+        if id(entry) in staying:
+            ready.put_back(entry)
+    result.moved = moved
     result.remaining = source.message_count
     result.epoch = _commit(broker, wrote)
     broker.run_dispatch()
@@ -592,7 +653,7 @@ def explain_route(
         notes.append(
             f"exchange '{exchange_name}' is internal: clients cannot publish to it"
         )
-    pending: list[tuple[Any, list[str]]] = [(exchange, [])]
+    pending: list[tuple[Any, list[dict[str, Any]]]] = [(exchange, [])]
     while pending:
         current, path = pending.pop()
         if current.name in visited:
@@ -730,22 +791,62 @@ def looks_like_dlq(name: str) -> bool:
 
 
 # ---------------------------------------------------------------- policies
-
-# Policies are stored as durable definitions ("policy", vhost+name); the
-# policy engine (queues/) applies them. Until it exists they are recorded.
-
-
-def list_policies(broker: Broker) -> list[dict[str, Any]]:
-    return [record for _, record in broker.store.definitions("policy")]
+# The policy engine (``broker.policies``, queues/policies.py) owns policies;
+# without one they are only recorded as "policy" definitions.
 
 
-def set_policy(broker: Broker, vhost: str, name: str, record: dict[str, Any]) -> None:
+def list_policies(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]]:
+    engine = getattr(broker, "policies", None)
+    if engine is not None:
+        return list(engine.list_policies(vhost))
+    return [
+        record
+        for _, record in broker.store.definitions("policy")
+        if vhost is None or record.get("vhost") == vhost
+    ]
+
+
+def set_policy(
+    broker: Broker,
+    vhost: str,
+    name: str,
+    pattern: str,
+    definition: dict[str, Any],
+    *,
+    priority: int = 0,
+    apply_to: str = "all",
+) -> None:
     get_vhost(broker, vhost)
+    engine = getattr(broker, "policies", None)
+    if engine is not None:
+        try:
+            engine.set_policy(
+                vhost, name, pattern, definition, priority=priority, apply_to=apply_to
+            )
+        except KeyError as exc:
+            raise errors.NotFound(str(exc).strip("'\"")) from None
+        except ValueError as exc:  # PolicyError
+            raise errors.PreconditionFailed(str(exc)) from None
+        broker.run_dispatch()
+        return
+    record = {
+        "vhost": vhost,
+        "name": name,
+        "pattern": pattern,
+        "apply-to": apply_to,
+        "definition": definition,
+        "priority": priority,
+    }
     broker.store.put_definition("policy", store_key(vhost, name), record)
     broker.request_commit()
 
 
 def clear_policy(broker: Broker, vhost: str, name: str) -> bool:
+    engine = getattr(broker, "policies", None)
+    if engine is not None:
+        cleared = bool(engine.clear_policy(vhost, name))
+        broker.run_dispatch()
+        return cleared
     key = store_key(vhost, name)
     if not any(k == key for k, _ in broker.store.definitions("policy")):
         return False
@@ -754,11 +855,45 @@ def clear_policy(broker: Broker, vhost: str, name: str) -> bool:
     return True
 
 
-# ------------------------------------------------------------------ vhosts
+def effective_policy(
+    broker: Broker, vhost: str, kind: str, name: str, queue_type: str | None = None
+) -> dict[str, Any] | None:
+    """The policy record that applies to a queue or exchange, or None.
+    ``kind`` is "queue" or "exchange"."""
+    engine = getattr(broker, "policies", None)
+    if engine is not None:
+        return engine.effective(vhost, kind, name, queue_type)  # type: ignore[no-any-return]
+    import re
+
+    best: dict[str, Any] | None = None
+    for policy in list_policies(broker, vhost):
+        apply_to = policy.get("apply-to") or "all"
+        if apply_to not in ("all", kind + "s"):
+            continue
+        try:
+            if not re.search(str(policy.get("pattern", "")), name):
+                continue
+        except re.error:
+            continue
+        if best is None or int(policy.get("priority") or 0) > int(best.get("priority") or 0):
+            best = policy
+    return best
+
+
+# ---------------------------------------------- vhosts, users, permissions
+# Delegated to the access-control object (``broker.access``) when the broker
+# has one, so durability and enforcement live in one place.
 
 
 def add_vhost(broker: Broker, name: str) -> bool:
+    if not name:
+        raise errors.PreconditionFailed("vhost name must not be empty")
     created = name not in broker.vhosts
+    access = getattr(broker, "access", None)
+    if access is not None:
+        if created:
+            access.add_vhost(name)
+        return created
     broker.add_vhost(name)
     if created:
         broker.store.put_definition("vhost", name, {"name": name})
@@ -768,21 +903,107 @@ def add_vhost(broker: Broker, name: str) -> bool:
 
 def delete_vhost(broker: Broker, name: str) -> None:
     vhost = get_vhost(broker, name)
-    for session in list(broker.sessions):
-        if session.vhost is vhost:
-            close_session(broker, session, "vhost deleted")
-    for queue in list(vhost.queues.values()):
-        vhost.remove_queue(queue)
-    for exchange in list(vhost.exchanges.values()):
-        if not exchange.builtin:
-            vhost.delete_exchange(exchange.name)
-    for key, record in list(broker.store.definitions("policy")):
-        if record.get("vhost") == name:
-            broker.store.delete_definition("policy", key)
-    del broker.vhosts[name]
-    broker.store.delete_definition("vhost", name)
+    access = getattr(broker, "access", None)
+    if access is not None:
+        access.delete_vhost(name)
+    else:
+        for session in list(broker.sessions):
+            if session.vhost is vhost:
+                close_session(broker, session, f"vhost '{name}' is deleted")
+        for queue in list(vhost.queues.values()):
+            vhost.remove_queue(queue)
+        for exchange in list(vhost.exchanges.values()):
+            if not exchange.builtin:
+                vhost.delete_exchange(exchange.name)
+        del broker.vhosts[name]
+        broker.store.delete_definition("vhost", name)
+    engine = getattr(broker, "policies", None)
+    if engine is not None:
+        engine.clear_vhost(name)
+    else:
+        for key, record in list(broker.store.definitions("policy")):
+            if record.get("vhost") == name:
+                broker.store.delete_definition("policy", key)
     broker.request_commit()
     broker.run_dispatch()
+
+
+def put_user(
+    broker: Broker,
+    name: str,
+    *,
+    password: str | None = None,
+    password_hash: str | None = None,
+    tags: list[str] | None = None,
+) -> bool:
+    """Create or update a user; True when it was created."""
+    if not name:
+        raise errors.PreconditionFailed("user name must not be empty")
+    users = broker.users
+    existing = users.users.get(name)
+    tags = list(tags if tags is not None else (existing.tags if existing else []))
+    access = getattr(broker, "access", None)
+    if password is None and password_hash is None and existing is None:
+        raise errors.PreconditionFailed("password or password_hash is required")
+    if access is not None:
+        if password is not None:
+            access.add_user(name, password, tags)
+        elif password_hash is not None:
+            access.add_user(name, None, tags)
+            users.users[name].password_hash = password_hash
+            access.set_user_tags(name, tags)  # persists the record, hash too
+        else:
+            access.set_user_tags(name, tags)
+        return existing is None
+    if password is not None:
+        users.add(name, password, tags)
+    elif password_hash is not None:
+        users.add(name, "unused", tags).password_hash = password_hash
+    else:
+        assert existing is not None
+        existing.tags = tags
+    return existing is None
+
+
+def delete_user(broker: Broker, name: str) -> bool:
+    access = getattr(broker, "access", None)
+    if access is not None:
+        return bool(access.delete_user(name))
+    return broker.users.users.pop(name, None) is not None
+
+
+def list_permissions(
+    broker: Broker, *, user: str | None = None, vhost: str | None = None
+) -> list[dict[str, Any]]:
+    access = getattr(broker, "access", None)
+    if access is not None:
+        return [p.record() for p in access.list_permissions(user=user, vhost=vhost)]
+    # No access control: every user may do everything everywhere.
+    return [
+        {"user": u, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"}
+        for u in broker.users.users
+        for v in broker.vhosts
+        if (user is None or u == user) and (vhost is None or v == vhost)
+    ]
+
+
+def set_permissions(
+    broker: Broker, user: str, vhost: str, configure: str, write: str, read: str
+) -> None:
+    access = getattr(broker, "access", None)
+    if access is None:
+        return  # nothing is enforced without access control
+    try:
+        access.set_permissions(user, vhost, configure, write, read)
+    except (KeyError, ValueError) as exc:
+        raise errors.PreconditionFailed(str(exc).strip("'\"")) from None
+
+
+def clear_permissions(broker: Broker, user: str, vhost: str) -> bool:
+    access = getattr(broker, "access", None)
+    if access is None:
+        return True
+    return bool(access.clear_permissions(user, vhost))
 
 
 def close_session(broker: Broker, session: Session, reason: str) -> None:
@@ -859,8 +1080,9 @@ class AgeTracker:
                 series = self.samples[key] = deque()
             if not series or series[-1][0] != queue.next_seq:
                 series.append((queue.next_seq, now))
-            head = queue.ready[0].seq if queue.ready else queue.next_seq
-            while len(series) > 1 and series[1][0] <= head:
+            first = head(queue)
+            head_seq = first.seq if first is not None else queue.next_seq
+            while len(series) > 1 and series[1][0] <= head_seq:
                 series.popleft()
             if len(series) > self.MAX_SAMPLES:
                 items = list(series)
@@ -880,9 +1102,10 @@ class AgeTracker:
         return series[index][1]
 
     def oldest_ready_age(self, key: Any, queue: Queue, now: float) -> float:
-        if not queue.ready:
+        first = head(queue)
+        if first is None:
             return 0.0
-        when = self.enqueued_before(key, queue.ready[0].seq)
+        when = self.enqueued_before(key, first.seq)
         return max(0.0, now - when) if when is not None else 0.0
 
 
@@ -893,9 +1116,10 @@ def queue_counters(queue: Queue) -> tuple[int, int, int]:
 def head_timestamp(queue: Queue) -> int | None:
     """The ``timestamp`` property of the head message (RabbitMQ's
     ``head_message_timestamp``), in seconds."""
-    if not queue.ready:
+    first = head(queue)
+    if first is None:
         return None
-    props = message_of(queue, queue.ready[0]).props
+    props = message_of(queue, first).props
     stamp = props.timestamp
     if isinstance(stamp, _dt.datetime):
         return int(stamp.replace(tzinfo=stamp.tzinfo or _dt.UTC).timestamp())
