@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port-file", type=Path, help="write the bound AMQP port here once listening"
     )
+    tls = serve.add_argument_group("TLS (amqps listener, started when cert and key are set)")
+    tls.add_argument("--tls-port", type=int, help="amqps port (default 5671; 0 = any)")
+    tls.add_argument("--tls-certfile", type=Path, help="server certificate chain (PEM)")
+    tls.add_argument("--tls-keyfile", type=Path, help="server private key (PEM)")
+    tls.add_argument("--tls-cafile", type=Path, help="CA bundle for client certificates")
+    tls.add_argument(
+        "--tls-verify-peer", action="store_true", default=None,
+        help="verify client certificates when sent (enables SASL EXTERNAL)",
+    )
+    tls.add_argument(
+        "--tls-fail-if-no-peer-cert", action="store_true", default=None,
+        help="refuse TLS clients without a certificate (mutual TLS)",
+    )
+    serve.add_argument(
+        "--connection-max", type=int, help="node-wide connection limit (default none)"
+    )
     return parser
 
 
@@ -46,6 +63,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         log_level=args.log_level,
         log_format=args.log_format,
         management_port=args.management_port,
+        tls_port=args.tls_port,
+        tls_certfile=args.tls_certfile,
+        tls_keyfile=args.tls_keyfile,
+        tls_cafile=args.tls_cafile,
+        tls_verify_peer=args.tls_verify_peer,
+        tls_fail_if_no_peer_cert=args.tls_fail_if_no_peer_cert,
+        connection_max=args.connection_max,
     )
     if args.no_management:
         from dataclasses import replace
@@ -57,12 +81,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
 async def _serve(config: Config, port_file: Path | None) -> None:
     from mqbroker.server.app import serve
 
-    async with trio.open_nursery() as nursery:
-        info = await nursery.start(serve, config)
-        if port_file is not None:
-            tmp = port_file.with_suffix(".tmp")
-            tmp.write_text(f"{info.port}\n")
-            os.replace(tmp, port_file)
+    # SIGTERM and SIGINT stop the broker cleanly: connections are closed and
+    # the last write batch is committed before the process exits.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(serve, config)
+            if port_file is not None:
+                tmp = port_file.with_suffix(".tmp")
+                tmp.write_text(f"{info.port}\n")
+                os.replace(tmp, port_file)
+            async for signum in signals:
+                get_logger("mqbroker").info(
+                    "broker.stopping", signal=signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
+                break
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("broker.failed", error=str(exc))
         return 1
+    except BaseExceptionGroup as group:
+        interrupted, rest = group.split(KeyboardInterrupt)
+        if rest is not None:
+            raise
+        log.info("broker.stopped", reason="interrupted")
+        return 0
+    log.info("broker.stopped", reason="signal")
     return 0
 
 
