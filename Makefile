@@ -36,7 +36,7 @@ stress: dev
 	$(BIN)/python -m pytest -m stress $(PYTEST_ARGS)
 
 bench: dev
-	$(BIN)/python -m mqbroker.bench $(BENCH_ARGS)
+	$(BIN)/python -m mqbroker.perf.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,675 @@
+"""``mqbroker-perf``: a PerfTest-style load generator for AMQP 0-9-1.
+
+    mqbroker-perf --url amqp://guest:guest@127.0.0.1:5672/%2F \\
+        --producers 1 --consumers 1 --size 16 --time 10 --autoack
+
+Producers and consumers are separate processes (multiprocessing, spawn),
+each with its own lean client (workers.py). The orchestrator (this
+process) declares the topology, starts everyone at the same instant,
+samples the broker's RSS and CPU (``--broker-pid``, or the process that
+listens on the URL's port when it runs here), drains, accounts for every
+sequence number and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqbroker.perf.client import DEFAULT_URL, URL, AMQPError, Connection
+from mqbroker.perf.stats import Histogram, account, summarize
+
+QUEUE_PREFIX = "perf-q-"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mqbroker-perf",
+        description="AMQP 0-9-1 throughput and latency (PerfTest-style)")
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--producers", "-x", type=int, default=1)
+    p.add_argument("--consumers", "-y", type=int, default=1,
+                   help="consumer processes; queues are shared out among "
+                        "them (several queues per consumer when fewer "
+                        "consumers than queues)")
+    p.add_argument("--queues", type=int, default=1)
+    p.add_argument("--size", "-s", type=int, default=16,
+                   help="body bytes (>= 16: producer, sequence, timestamp)")
+    p.add_argument("--rate", "-r", type=float, default=0,
+                   help="total publish rate, msg/s (0 = as fast as possible)")
+    p.add_argument("--time", "-z", type=float, default=10.0,
+                   help="seconds of publishing")
+    p.add_argument("--persistent", action="store_true",
+                   help="durable queues and exchange, delivery_mode 2")
+    p.add_argument("--confirm", "-c", type=int, default=0,
+                   help="publisher confirms, at most N outstanding per "
+                        "producer (0 = no confirms)")
+    p.add_argument("--prefetch", "-q", type=int, default=0,
+                   help="basic.qos prefetch count (manual acks)")
+    p.add_argument("--multi-ack-every", "-A", type=int, default=1,
+                   help="ack with multiple=true every N messages")
+    p.add_argument("--autoack", "-a", action="store_true")
+    p.add_argument("--exchange-type", "-t", default="direct",
+                   choices=("direct", "fanout", "topic"))
+    p.add_argument("--fanout-queues", type=int, default=0,
+                   help="fanout exchange with N queues (sets "
+                        "--exchange-type fanout --queues N)")
+    p.add_argument("--topic-bindings", type=int, default=100,
+                   help="topic: number of bindings (keys perf.tNNN.*, "
+                        "spread over the queues)")
+    p.add_argument("--backlog", type=int, default=0,
+                   help="publish N messages with no consumer, then drain "
+                        "them: fill and drain rates, broker RSS growth")
+    p.add_argument("--broker-pid", type=int, default=0,
+                   help="pid of the broker, for RSS and CPU (default: the "
+                        "local process listening on the URL's port)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds to wait for consumers to catch up after "
+                        "the producers stop")
+    p.add_argument("--null-sink", action="store_true",
+                   help="run against a built-in null AMQP server instead "
+                        "of --url (measures the load generator)")
+    p.add_argument("--json", action="store_true",
+                   help="print only the JSON line (no human summary)")
+    return p
+
+
+@dataclass
+class Plan:
+    args: argparse.Namespace
+    exchange: str
+    exchange_type: str
+    queues: list[str]
+    bindings: list[tuple[str, str]]  # (queue, key)
+    producer_keys: list[list[str]]
+    consumer_queues: list[list[tuple[int, str]]]
+    fanout: bool
+    producer_counts: list[int] = field(default_factory=list)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.fanout_queues:
+        args.exchange_type = "fanout"
+        args.queues = args.fanout_queues
+    nq = max(1, args.queues)
+    P = max(0, args.producers)
+    C = max(0, args.consumers)
+    queues = [f"{QUEUE_PREFIX}{i:03d}" for i in range(nq)]
+    etype = args.exchange_type
+    exchange = f"perf.{etype}" + (".durable" if args.persistent else "")
+    bindings: list[tuple[str, str]] = []
+    keys_for: list[list[str]] = []
+    if etype == "direct":
+        bindings = [(q, q) for q in queues]
+        for p in range(P):
+            own = [q for i, q in enumerate(queues) if i % P == p] if nq >= P \
+                else [queues[p % nq]]
+            keys_for.append(own)
+    elif etype == "fanout":
+        bindings = [(q, "") for q in queues]
+        keys_for = [[""] for _ in range(P)]
+    else:
+        nb = max(1, args.topic_bindings)
+        bindings = [(queues[i % nq], f"perf.t{i:03d}.*") for i in range(nb)]
+        for p in range(P):
+            idx = [i for i in range(nb) if i % P == p] if nb >= P \
+                else [p % nb]
+            keys_for.append([f"perf.t{i:03d}.x" for i in idx])
+    consumer_queues: list[list[tuple[int, str]]] = []
+    for c in range(C):
+        if C >= nq:
+            consumer_queues.append([(c % nq, queues[c % nq])])
+        else:
+            consumer_queues.append([(i, q) for i, q in enumerate(queues)
+                                    if i % C == c])
+    counts: list[int] = []
+    if args.backlog and P:
+        base, extra = divmod(args.backlog, P)
+        counts = [base + (1 if p < extra else 0) for p in range(P)]
+    return Plan(args, exchange, etype, queues, bindings, keys_for,
+                consumer_queues, etype == "fanout", counts)
+
+
+# --------------------------------------------------------------------------
+# broker process sampling
+
+
+def find_listener_pid(url: str) -> int:
+    """The pid of the local process listening on the URL's port (0 if it
+    cannot be told: remote host, or not permitted)."""
+    try:
+        import psutil
+
+        u = URL.parse(url)
+        if u.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            return 0
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and \
+                    c.laddr.port == u.port and c.pid:
+                return int(c.pid)
+    except Exception:  # noqa: BLE001 - best effort
+        return 0
+    return 0
+
+
+class BrokerSampler:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.proc = None
+        if pid:
+            try:
+                import psutil
+
+                self.proc = psutil.Process(pid)
+            except Exception:  # noqa: BLE001
+                self.proc = None
+        self.rss_max = 0
+        self.samples: list[int] = []
+
+    def rss(self) -> int:
+        if self.proc is None:
+            return 0
+        try:
+            value = int(self.proc.memory_info().rss)
+        except Exception:  # noqa: BLE001
+            return 0
+        self.rss_max = max(self.rss_max, value)
+        return value
+
+    def cpu(self) -> float:
+        if self.proc is None:
+            return 0.0
+        try:
+            t = self.proc.cpu_times()
+            return float(t.user + t.system)
+        except Exception:  # noqa: BLE001
+            return 0.0
+
+
+MB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------
+# running
+
+
+class Worker:
+    def __init__(self, ctx: Any, role: str, cfg: dict[str, Any]) -> None:
+        from mqbroker.perf import workers
+
+        self.role = role
+        self.cfg = cfg
+        self.pipe, child = ctx.Pipe()
+        target = workers.run_producer if role == "producer" \
+            else workers.run_consumer
+        self.proc = ctx.Process(target=target, args=(cfg, child), daemon=True)
+        self.proc.start()
+        child.close()
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.progress = (0, 0)
+        self.ready_info: dict[str, Any] = {}
+
+    def poll(self) -> None:
+        """Consume whatever the worker has sent."""
+        try:
+            while self.result is None and self.error is None and \
+                    self.pipe.poll():
+                msg = self.pipe.recv()
+                kind = msg[0]
+                if kind == "ready":
+                    self.ready_info = msg[1]
+                elif kind == "progress":
+                    self.progress = (msg[1], msg[2])
+                elif kind == "result":
+                    self.result = msg[1]
+                elif kind == "error":
+                    self.error = msg[1]
+        except (EOFError, OSError):
+            if self.result is None and self.error is None:
+                self.error = f"{self.role} {self.cfg['id']} died " \
+                    f"(exit code {self.proc.exitcode})"
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready_info:
+            if self.error:
+                raise RuntimeError(self.error)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.role} {self.cfg['id']} not ready")
+            if self.pipe.poll(0.05):
+                self.poll()
+            elif not self.proc.is_alive():
+                self.poll()
+                if not self.ready_info:
+                    raise RuntimeError(self.error or f"{self.role} died")
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            self.pipe.send(msg)
+        except (BrokenPipeError, OSError):
+            pass
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def stop(self) -> None:
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+
+
+def _reset_queue(conn: Connection, ch: int, name: str) -> int:
+    try:
+        conn.queue_delete(ch, name)
+    except AMQPError:
+        conn.channel_open(ch)
+    return ch
+
+
+def setup(plan: Plan, url: str) -> Connection:
+    a = plan.args
+    conn = Connection(url, name="perf-setup")
+    ch = conn.channel_open(1)
+    if plan.exchange:
+        try:
+            conn.exchange_delete(ch, plan.exchange)
+        except AMQPError:
+            conn.channel_open(ch)
+        conn.exchange_declare(ch, plan.exchange, plan.exchange_type,
+                              durable=a.persistent)
+    for q in plan.queues:
+        _reset_queue(conn, ch, q)
+        conn.queue_declare(ch, q, durable=a.persistent)
+    for q, key in plan.bindings:
+        conn.queue_bind(ch, q, plan.exchange, key)
+    return conn
+
+
+def queue_depth(conn: Connection, plan: Plan) -> int:
+    total = 0
+    for q in plan.queues:
+        ok = conn.queue_declare(1, q, durable=plan.args.persistent,
+                                passive=True)
+        total += int(ok.message_count)
+    return total
+
+
+def teardown(conn: Connection, plan: Plan) -> None:
+    try:
+        for q in plan.queues:
+            conn.queue_delete(1, q)
+        if plan.exchange:
+            conn.exchange_delete(1, plan.exchange)
+    except (AMQPError, OSError, TimeoutError):
+        pass
+    conn.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    null_proc = None
+    url = args.url
+    if args.null_sink:
+        from mqbroker.perf.nullserver import serve_in_process
+
+        parent, child = ctx.Pipe()
+        null_proc = ctx.Process(target=serve_in_process,
+                                args=(args.size, child), daemon=True)
+        null_proc.start()
+        if not parent.poll(30):
+            raise RuntimeError("null server did not start")
+        port = parent.recv()
+        url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+        args.broker_pid = null_proc.pid
+    try:
+        return _run(args, ctx, url)
+    finally:
+        if null_proc is not None:
+            null_proc.terminate()
+            null_proc.join(5)
+
+
+def _run(args: argparse.Namespace, ctx: Any, url: str) -> dict[str, Any]:
+    if args.size < 16:
+        raise SystemExit("--size must be >= 16")
+    plan = make_plan(args)
+    if args.multi_ack_every > 1 and args.prefetch and \
+            args.multi_ack_every > args.prefetch:
+        raise SystemExit("--multi-ack-every must be <= --prefetch")
+    conn = setup(plan, url)
+    product = f"{conn.product} {conn.version}".strip()
+    broker_pid = args.broker_pid or find_listener_pid(url)
+    sampler = BrokerSampler(broker_pid)
+    errors: list[str] = []
+    P = len(plan.producer_keys)
+    per_producer_rate = (args.rate / P) if (args.rate and P) else 0
+    consumers = [Worker(ctx, "consumer", {
+        "id": c, "url": url, "queues": qs, "autoack": args.autoack,
+        "prefetch": args.prefetch, "multi_ack_every": args.multi_ack_every,
+    }) for c, qs in enumerate(plan.consumer_queues)]
+    producers = [Worker(ctx, "producer", {
+        "id": p, "url": url, "exchange": plan.exchange,
+        "routing_keys": keys, "size": args.size,
+        "persistent": args.persistent, "confirm": args.confirm,
+        "rate": per_producer_rate,
+    }) for p, keys in enumerate(plan.producer_keys)]
+    workers = consumers + producers
+    result: dict[str, Any] = {}
+    try:
+        for w in workers:
+            w.wait_ready(60)
+        rss_start = sampler.rss()
+        if args.backlog:
+            result = _run_backlog(args, plan, conn, sampler, producers,
+                                  consumers, errors)
+        else:
+            result = _run_timed(args, plan, sampler, producers, consumers,
+                                errors)
+        result["broker_rss_start_mb"] = round(rss_start / MB, 1)
+        result["broker_rss_max_mb"] = round(sampler.rss_max / MB, 1)
+        rss_end = sampler.rss()
+        result["broker_rss_end_mb"] = round(rss_end / MB, 1)
+        # what is still queued is not lost (unacked ones went back)
+        try:
+            remaining = queue_depth(conn, plan)
+        except (AMQPError, OSError, TimeoutError) as exc:
+            errors.append(f"queue depth: {exc}")
+            remaining = 0
+        result["remaining"] = remaining
+        _account(args, plan, producers, consumers, result)
+    finally:
+        for w in workers:
+            w.send(("stop",))
+        for w in workers:
+            w.stop()
+        teardown(conn, plan)
+    for w in workers:
+        if w.error:
+            errors.append(w.error.strip().splitlines()[0])
+    params = {k: v for k, v in vars(args).items()
+              if k not in ("url", "json")}
+    out: dict[str, Any] = {
+        "tool": "mqbroker-perf",
+        "broker": product,
+        "url": _redact(url),
+        "params": params,
+        **result,
+        "broker_pid": broker_pid or None,
+        "errors": errors,
+    }
+    return out
+
+
+def _redact(url: str) -> str:
+    u = urllib.parse.urlparse(url)
+    if u.password:
+        netloc = u.netloc.replace(f":{u.password}@", ":***@")
+        u = u._replace(netloc=netloc)
+    return u.geturl()
+
+
+def _gather(workers: list[Worker], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for w in workers:
+            w.poll()
+        if all(w.done for w in workers):
+            return
+        time.sleep(0.02)
+
+
+def _drain(consumers: list[Worker], expected: int, timeout: float,
+           sampler: BrokerSampler, idle_s: float = 2.0) -> None:
+    """Wait until the consumers have ``expected`` deliveries, or nothing
+    arrives for ``idle_s``, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_total = -1
+    last_change = time.monotonic()
+    next_rss = 0.0
+    while time.monotonic() < deadline:
+        for w in consumers:
+            w.poll()
+        total = sum(w.progress[0] for w in consumers)
+        if total >= expected or all(w.done for w in consumers):
+            return
+        now = time.monotonic()
+        if total != last_total:
+            last_total = total
+            last_change = now
+        elif now - last_change > idle_s:
+            return
+        if now >= next_rss:
+            sampler.rss()
+            next_rss = now + 0.25
+        time.sleep(0.02)
+
+
+def _expected_deliveries(plan: Plan, sent: int) -> int:
+    return sent * (len(plan.queues) if plan.fanout else 1)
+
+
+def _run_timed(args: argparse.Namespace, plan: Plan, sampler: BrokerSampler,
+               producers: list[Worker], consumers: list[Worker],
+               errors: list[str]) -> dict[str, Any]:
+    t0 = time.monotonic_ns() + 300_000_000
+    t_end = t0 + int(args.time * 1e9)
+    for w in consumers + producers:
+        w.send(("start", t0, t_end, 0))
+    while time.monotonic_ns() < t0:
+        time.sleep(0.001)
+    cpu0 = sampler.cpu()
+    while time.monotonic_ns() < t_end:
+        sampler.rss()
+        for w in consumers + producers:
+            w.poll()
+        time.sleep(min(0.25, max(0.0, (t_end - time.monotonic_ns()) / 1e9)))
+    cpu1 = sampler.cpu()
+    sampler.rss()
+    _gather(producers, 150)
+    sent = sum((w.result or {}).get("sent", 0) for w in producers)
+    _drain(consumers, _expected_deliveries(plan, sent), args.drain_timeout,
+           sampler)
+    for w in consumers:
+        w.send(("stop",))
+    _gather(consumers, 60)
+    duration = (t_end - t0) / 1e9
+    out = _rates(producers, consumers, duration)
+    received_window = out["received"]
+    out["broker_cpu_s"] = round(cpu1 - cpu0, 3)
+    denom = received_window or out["sent"]
+    out["broker_cpu_us_per_msg"] = round((cpu1 - cpu0) / denom * 1e6, 2) \
+        if denom and sampler.proc is not None else None
+    return out
+
+
+def _rates(producers: list[Worker], consumers: list[Worker],
+           duration: float) -> dict[str, Any]:
+    pr = [w.result or {} for w in producers]
+    cr = [w.result or {} for w in consumers]
+    sent = sum(r.get("sent_window", 0) for r in pr)
+    confirmed = sum(r.get("confirmed_window", 0) for r in pr)
+    received = sum(r.get("received_window", 0) for r in cr)
+    hist = Histogram()
+    for r in cr:
+        if r.get("hist"):
+            hist.merge(Histogram.from_state(r["hist"]))
+    chist = Histogram()
+    for r in pr:
+        if r.get("confirm_hist"):
+            chist.merge(Histogram.from_state(r["confirm_hist"]))
+    out: dict[str, Any] = {
+        "duration_s": round(duration, 3),
+        "sent": sent,
+        "received": received,
+        "confirmed": confirmed,
+        "sent_rate": round(sent / duration, 1) if duration else None,
+        "received_rate": round(received / duration, 1) if duration else None,
+        "confirmed_rate": round(confirmed / duration, 1)
+        if duration else None,
+        "nacked": sum(r.get("nacked", 0) for r in pr),
+        "received_total": sum(r.get("received", 0) for r in cr),
+        "redelivered": sum(r.get("redelivered", 0) for r in cr),
+        # the load generator's own CPU, to compare with the broker's
+        "producer_cpu_s": round(sum(r.get("cpu_s", 0.0) for r in pr), 3),
+        "consumer_cpu_s": round(sum(r.get("cpu_s", 0.0) for r in cr), 3),
+        # how long the broker took to answer the producers' close: what
+        # it was still reading of their unconfirmed publishes
+        "producer_close_max_s": max((r.get("close_s", 0.0) for r in pr),
+                                    default=None),
+    }
+    out.update(summarize(hist, "latency"))
+    out.update(summarize(chist, "confirm_latency"))
+    return out
+
+
+def _run_backlog(args: argparse.Namespace, plan: Plan, conn: Connection,
+                 sampler: BrokerSampler, producers: list[Worker],
+                 consumers: list[Worker], errors: list[str]
+                 ) -> dict[str, Any]:
+    rss_before = sampler.rss()
+    t0 = time.monotonic_ns() + 100_000_000
+    for w, n in zip(producers, plan.producer_counts):
+        w.send(("start", t0, 0, n))
+    while not all(w.done for w in producers):
+        for w in producers:
+            w.poll()
+        sampler.rss()
+        time.sleep(0.05)
+    t_pub = max(((w.result or {}).get("stopped_ns", t0) for w in producers),
+                default=t0)
+    sent = sum((w.result or {}).get("sent", 0) for w in producers)
+    expected = _expected_deliveries(plan, sent)
+    # wait for the broker to have them all queued
+    deadline = time.monotonic() + 120
+    depth = 0
+    while time.monotonic() < deadline:
+        depth = queue_depth(conn, plan)
+        if depth >= expected:
+            break
+        sampler.rss()
+        time.sleep(0.1)
+    t_queued = time.monotonic_ns()
+    time.sleep(0.5)
+    rss_full = sampler.rss()
+    if depth < expected:
+        errors.append(f"backlog: only {depth} of {expected} queued")
+    cpu0 = sampler.cpu()
+    c0 = time.monotonic_ns()
+    for w in consumers:
+        w.send(("start", c0, 0, 0))
+    _drain(consumers, expected, max(args.drain_timeout, 120), sampler,
+           idle_s=5.0)
+    cpu1 = sampler.cpu()
+    for w in consumers:
+        w.send(("stop",))
+    _gather(consumers, 60)
+    cr = [w.result or {} for w in consumers]
+    received = sum(r.get("received", 0) for r in cr)
+    last = max((r.get("last_ns", 0) for r in cr), default=0)
+    drain_s = (last - c0) / 1e9 if last > c0 else None
+    fill_s = (t_pub - t0) / 1e9
+    out = _rates(producers, consumers, drain_s or 0.0)
+    out.update({
+        "backlog": expected,
+        "backlog_queued": depth,
+        "fill_rate": round(sent / fill_s, 1) if fill_s > 0 else None,
+        "fill_queued_s": round((t_queued - t0) / 1e9, 3),
+        "drain_s": round(drain_s, 3) if drain_s else None,
+        "drain_rate": round(received / drain_s, 1) if drain_s else None,
+        "broker_rss_before_backlog_mb": round(rss_before / MB, 1),
+        "broker_rss_backlog_mb": round(rss_full / MB, 1),
+        "broker_rss_growth_mb": round((rss_full - rss_before) / MB, 1),
+        "broker_cpu_s": round(cpu1 - cpu0, 3),
+        "broker_cpu_us_per_msg": round((cpu1 - cpu0) / received * 1e6, 2)
+        if received and sampler.proc is not None else None,
+    })
+    out["received_rate"] = out["drain_rate"]
+    out["sent_rate"] = out["fill_rate"]
+    if confirmed := sum((w.result or {}).get("confirmed", 0)
+                        for w in producers):
+        out["confirmed_rate"] = round(confirmed / fill_s, 1) \
+            if fill_s > 0 else None
+    return out
+
+
+def _account(args: argparse.Namespace, plan: Plan, producers: list[Worker],
+             consumers: list[Worker], out: dict[str, Any]) -> None:
+    if args.null_sink:
+        out["lost"] = None
+        out["duplicated"] = None
+        return
+    sent = {int((w.result or {}).get("id", i)): int(
+        (w.result or {}).get("sent", 0)) for i, w in enumerate(producers)}
+    # nacked messages were refused by the broker: not expected
+    maps: dict[tuple[int, int], list[bytes]] = {}
+    dup_inside = 0
+    for w in consumers:
+        r = w.result or {}
+        dup_inside += int(r.get("duplicated", 0))
+        for (q, pid), bm in (r.get("maps") or {}).items():
+            maps.setdefault((q, pid), []).append(bm)
+    lost, dup, unexpected = account(sent, maps, len(plan.queues), plan.fanout)
+    nacked = sum(int((w.result or {}).get("nacked", 0)) for w in producers)
+    out["lost"] = max(0, lost - out.get("remaining", 0) - nacked)
+    out["unreceived"] = lost
+    out["duplicated"] = dup + dup_inside
+    out["unexpected"] = unexpected
+    out["verified"] = all(w.result is not None for w in producers + consumers)\
+        and all((w.result or {}).get("cancel_complete", False)
+                for w in consumers)
+
+
+def human(result: dict[str, Any]) -> str:
+    def f(key: str, unit: str = "") -> str:
+        v = result.get(key)
+        return "-" if v is None else f"{v:,}{unit}" if isinstance(v, int) \
+            else f"{v:,.3f}{unit}" if isinstance(v, float) and v < 10 \
+            else f"{v:,.0f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+    lines = [
+        f"broker {result.get('broker')}  ({result.get('url')})",
+        f"sent {f('sent_rate', ' msg/s')}  received "
+        f"{f('received_rate', ' msg/s')}  confirmed "
+        f"{f('confirmed_rate', ' msg/s')}",
+        f"latency p50/p95/p99 {f('latency_p50_ms')}/{f('latency_p95_ms')}/"
+        f"{f('latency_p99_ms')} ms  confirm {f('confirm_latency_p50_ms')}/"
+        f"{f('confirm_latency_p95_ms')}/{f('confirm_latency_p99_ms')} ms",
+        f"broker RSS {f('broker_rss_start_mb')} -> max "
+        f"{f('broker_rss_max_mb')} MB  CPU {f('broker_cpu_us_per_msg')} "
+        f"us/msg  lost {f('lost')}  duplicated {f('duplicated')}  "
+        f"remaining {f('remaining')}",
+    ]
+    if "drain_rate" in result:
+        lines.append(
+            f"backlog {f('backlog')}: fill {f('fill_rate', ' msg/s')}, "
+            f"drain {f('drain_rate', ' msg/s')}, RSS growth "
+            f"{f('broker_rss_growth_mb', ' MB')}")
+    for e in result.get("errors") or []:
+        lines.append(f"error: {e}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+        print(json.dumps({"tool": "mqbroker-perf", "errors": [str(exc)]}))
+        return 1
+    if not args.json:
+        print(human(result), file=sys.stderr)
+    print(json.dumps(result, sort_keys=False))
+    return 1 if result.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
