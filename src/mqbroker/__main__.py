@@ -13,6 +13,7 @@ import trio
 from mqbroker import __version__
 from mqbroker.config import Config
 from mqbroker.log import configure, get_logger
+from mqbroker.persistence.errors import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("broker.failed", error=str(exc))
         return 1
+    except StoreError as exc:
+        log.error("broker.failed", error=str(exc))
+        return 1
     except BaseExceptionGroup as group:
+        store_errors, rest = group.split(StoreError)
+        if store_errors is not None:
+            for exc in store_errors.exceptions:
+                log.error("broker.failed", error=str(exc))
+            return 1
         interrupted, rest = group.split(KeyboardInterrupt)
         if rest is not None:
             raise

@@ -14,18 +14,21 @@ import datetime
 import heapq
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
 from mqbroker import errors
 from mqbroker.config import Config
+from mqbroker.core.access import AccessControl
 from mqbroker.core.auth import UserStore
 from mqbroker.core.direct_reply import PREFIX as REPLY_PREFIX
 from mqbroker.core.direct_reply import PSEUDO_QUEUE, DirectReply
 from mqbroker.core.message import Message
 from mqbroker.core.router import route, sender_keys
 from mqbroker.core.vhost import VHost
+from mqbroker.exchanges.delayed import DELAYED_TYPE, hold_if_delayed
 from mqbroker.persistence.store import Store
 from mqbroker.protocol import codec
 from mqbroker.protocol.events import ContentReceived
@@ -34,6 +37,8 @@ from mqbroker.queues.deadletter import (
     dead_letter_properties,
     is_cycle,
 )
+from mqbroker.queues.dedup import exchange_duplicate
+from mqbroker.queues.policies import PolicyStore
 from mqbroker.queues.queue import Queue, QueueEntry
 
 if TYPE_CHECKING:
@@ -46,6 +51,15 @@ _FLAG_REPLY_TO = 0x0200
 _FLAG_EXPIRATION = 0x0100
 
 
+# Publisher flow control (RabbitMQ's credit flow, simplified): a connection
+# that publishes into a queue whose consumers are falling behind stops being
+# read while that queue holds more than FLOW_HIGH_READY ready messages, and
+# resumes below FLOW_LOW_READY. Queues without consumers (backlogs) never
+# throttle: they page to disk instead.
+FLOW_HIGH_READY = 4000
+FLOW_LOW_READY = 1000
+
+
 class Broker:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
@@ -56,8 +70,15 @@ class Broker:
         self.users = UserStore()
         self.users.add(config.default_user, config.default_password, ["administrator"])
         self.vhosts: dict[str, VHost] = {}
+        # Named policies per vhost (queues/policies.py): set_policy & co.
+        self.policies = PolicyStore(self)
         self.add_vhost(config.default_vhost)
         self.sessions: set[Session] = set()
+        # Users, vhosts, permissions and limits (core/access.py).
+        self.access = AccessControl(self)
+        # The active resource alarm's reason ("low on memory"/"low on
+        # disk"), set by server/alarms.py; None when no alarm is raised.
+        self.alarm: str | None = None
         self.direct_reply = DirectReply()
         self.dirty: dict[Queue, None] = {}
         self.to_flush: set[Session] = set()
@@ -72,6 +93,8 @@ class Broker:
         # wakes it when a new, earlier deadline appears.
         self.timer_changed: Callable[[], None] = lambda: None
         self._deadlines: list[tuple[int, int, Queue]] = []
+        # queue -> the earliest deadline it has in the heap
+        self._scheduled_at: dict[Queue, int] = {}
         self._deadline_seq = 0
 
     def add_vhost(self, name: str) -> VHost:
@@ -81,6 +104,7 @@ class Broker:
             vhost.on_queue_deleted = self._queue_deleted
             vhost.on_queue_created = self._queue_created
             vhost.now_ms = self.wall_ms
+            vhost.policy_for = partial(self.policies.lookup, name)
             self.vhosts[name] = vhost
         return vhost
 
@@ -88,6 +112,8 @@ class Broker:
 
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
+        if self.alarm is not None:
+            session.set_blocked(self.alarm)
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -127,6 +153,10 @@ class Broker:
             sessions, self.to_flush = self.to_flush, set()
             for session in sessions:
                 session.wake()
+        # Acks, delivery marks and declares write to the store too; a
+        # commit is asked for after every pass so none waits for the next
+        # publish (the committer does nothing when the batch is empty).
+        self.request_commit()
 
     def writable_again(self, session: Session) -> None:
         """A session's socket drained: its consumers may take more."""
@@ -144,6 +174,13 @@ class Broker:
 
     def _queue_created(self, queue: Queue) -> None:
         queue.on_dead_letter = self.dead_letter
+        queue.on_unused = self._queue_unused
+        self.policies.refresh_queue(queue)  # apply-to by queue type
+        self.schedule(queue)
+
+    def _queue_unused(self, queue: Queue) -> None:
+        """The last consumer left: x-expires counts from now."""
+        queue.last_used_ms = self.wall_ms()
         self.schedule(queue)
 
     def schedule(self, queue: Queue) -> None:
@@ -151,22 +188,16 @@ class Broker:
         deadline = queue.next_deadline()
         if deadline is None:
             return
+        at = self._scheduled_at.get(queue)
+        if at is not None and at <= deadline:
+            return  # already woken by then
+        self._scheduled_at[queue] = deadline
         heap = self._deadlines
-        if heap and heap[0][0] <= deadline and queue in self._scheduled:
-            return
         self._deadline_seq += 1
         earliest = heap[0][0] if heap else None
         heapq.heappush(heap, (deadline, self._deadline_seq, queue))
-        self._scheduled.add(queue)
         if earliest is None or deadline < earliest:
             self.timer_changed()
-
-    @property
-    def _scheduled(self) -> set[Queue]:
-        scheduled: set[Queue] | None = getattr(self, "_scheduled_set", None)
-        if scheduled is None:
-            scheduled = self._scheduled_set = set()
-        return scheduled
 
     def next_deadline(self) -> int | None:
         """Wall-clock ms of the earliest queue deadline (TTL, x-expires)."""
@@ -178,9 +209,10 @@ class Broker:
         heap = self._deadlines
         due: dict[Queue, None] = {}
         while heap and heap[0][0] <= now:
-            _, _, queue = heapq.heappop(heap)
+            deadline, _, queue = heapq.heappop(heap)
+            if self._scheduled_at.get(queue) == deadline:
+                del self._scheduled_at[queue]
             due[queue] = None
-        self._scheduled.difference_update(due)
         for queue in due:
             if queue.deleted:
                 continue
@@ -231,6 +263,7 @@ class Broker:
             raise errors.NotImplemented_("immediate=true")
         vhost = session.vh
         try:
+            self.access.check(session.user, vhost.name, "write", "exchange", method.exchange)
             exchange = vhost.get_exchange(method.exchange)
             if exchange.internal:
                 raise errors.AccessRefused(
@@ -276,7 +309,20 @@ class Broker:
                         del stripped["BCC"]
                         props.headers = stripped
                         message = message.with_properties(props)
-            queues = route(vhost, exchange, keys, headers)
+            if exchange.type_name == DELAYED_TYPE:
+                held = hold_if_delayed(self, vhost, exchange, message, keys, headers)
+                if held is not None:  # x-delay > 0: routed when due
+                    if held:
+                        self.request_commit()
+                    if chan.confirm:
+                        chan.add_confirm(self.write_epoch if held else 0)
+                    return held
+            if exchange.dedup is not False and exchange_duplicate(
+                exchange, message, self.wall_ms()
+            ):
+                queues = []  # a duplicate: routed nowhere, still confirmed
+            else:
+                queues = route(vhost, exchange, keys, headers)
         except errors.AMQPError as exc:
             raise exc.with_method(60, 40)
         durable = False
@@ -291,6 +337,8 @@ class Broker:
                 durable |= wrote
                 refused |= not accepted
                 self.dirty[queue] = None
+                if queue.consumers and len(queue.ready) > FLOW_HIGH_READY:
+                    session.flow.add(queue)
         if durable:
             self.request_commit()
         if chan.confirm:
@@ -338,19 +386,18 @@ class Broker:
         dlx = vhost.exchanges.get(dlx_name)
         if dlx is None:
             return
-        props, previous = dead_letter_properties(
-            message, queue.name, reason, datetime.datetime.now(datetime.UTC)
+        override = settings.dead_letter_routing_key
+        raw, deaths = dead_letter_properties(
+            message, queue.name, reason, datetime.datetime.now(datetime.UTC), override
         )
-        keys = dead_letter_keys(message, settings.dead_letter_routing_key)
-        copy = message.with_properties(
-            props, msg_id=self.next_msg_id, exchange=dlx_name, routing_key=keys[0]
-        )
+        keys = dead_letter_keys(message, override)
+        copy = Message(self.next_msg_id, dlx_name, keys[0], raw, message.body)
         self.next_msg_id += 1
         targets = route(vhost, dlx, keys, copy.headers)
         now = self.wall_ms()
         wrote = False
         for target in targets:
-            if is_cycle(previous, target.name, reason):
+            if reason != "rejected" and is_cycle(deaths, target.name):
                 continue
             wrote |= target.offer(copy, now)[1]
             self.dirty[target] = None

@@ -24,7 +24,7 @@ from mqbroker.core.direct_reply import PSEUDO_QUEUE
 from mqbroker.core.vhost import VHost
 from mqbroker.exchanges.base import Destination
 from mqbroker.protocol import codec
-from mqbroker.protocol.connection import ServerConnection
+from mqbroker.protocol.connection import ServerConnection, State
 from mqbroker.protocol.events import (
     BadProtocolHeader,
     ChannelClosed,
@@ -70,6 +70,20 @@ class Session:
         self.blocked = False
         self.wake: Callable[[], None] = lambda: None
         self.last_error: errors.AMQPError | None = None
+        # queues this connection pushed past the flow threshold (see
+        # core/broker.py FLOW_HIGH_READY); the server pauses its reads
+        self.flow: set[Any] = set()
+        self._flow_progress: dict[Any, tuple[int, float]] = {}
+        # Resource alarms (server/alarms.py): ``alarm`` is the broker's
+        # active alarm; ``blocked`` means reads are paused because this
+        # connection published while it was raised; ``resume_reading`` is
+        # set by the connection task to restart its reader.
+        self.alarm: str | None = None
+        self.published = False
+        self.blocked_sent = False
+        self.resume_reading: Callable[[], None] = lambda: None
+        # CN of the verified TLS client certificate (SASL EXTERNAL).
+        self.tls_peer_cn: str | None = None
 
     # ------------------------------------------------------ flow control
 
@@ -100,6 +114,33 @@ class Session:
             if event is None:
                 break
             self.handle(event)
+        if self.alarm is not None and self.published and not self.blocked:
+            self.set_blocked(self.alarm)
+        self.output_ready()
+
+    def set_blocked(self, reason: str | None) -> None:
+        """A resource alarm was raised (``reason``) or every one cleared
+        (None). As in RabbitMQ only a connection that has published is
+        blocked: it gets ``connection.blocked`` (if it advertised the
+        capability) and its reads pause; consumers keep receiving."""
+        self.alarm = reason
+        caps = self.conn.client_properties.get("capabilities")
+        notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
+        if reason is not None:
+            if self.blocked or not self.published or self.conn.state is not State.OPEN:
+                return
+            self.blocked = True
+            if notify:
+                self.conn.send_method(0, commands.Connection.Blocked(reason=reason))
+                self.blocked_sent = True
+        else:
+            if not self.blocked:
+                return
+            self.blocked = False
+            if self.blocked_sent and self.conn.state is State.OPEN:
+                self.conn.send_method(0, commands.Connection.Unblocked())
+            self.blocked_sent = False
+            self.resume_reading()
         self.output_ready()
 
     def report(self, error: errors.AMQPError, channel: int) -> None:
@@ -119,6 +160,7 @@ class Session:
         channel_id = getattr(event, "channel", 0)
         try:
             if isinstance(event, ContentReceived):
+                self.published = True
                 chan = self.channels[event.channel]
                 if chan.tx:
                     chan.tx_publishes.append(event)
@@ -140,13 +182,10 @@ class Session:
                 if chan is not None:
                     chan.close()
             elif isinstance(event, StartOk):
-                self.user = self.broker.users.authenticate(event.mechanism, event.response)
+                self.user = self.broker.access.authenticate(self, event.mechanism, event.response)
                 self.conn.accept_auth()
             elif isinstance(event, OpenRequested):
-                vhost = self.broker.vhosts.get(event.vhost)
-                if vhost is None:
-                    raise errors.NotAllowed(f"vhost {event.vhost} not found")
-                self.vhost = vhost
+                self.vhost = self.broker.access.open_vhost(self, event.vhost)
                 self.conn.accept_open()
                 self.broker.session_opened(self)
             elif isinstance(event, ConnectionClosed):
@@ -158,6 +197,30 @@ class Session:
                 self.close_reason = "bad protocol header"
         except errors.AMQPError as exc:
             self.report(exc, channel_id)
+
+    def in_flow(self, low: int, now: float, stall_s: float) -> bool:
+        """True while a queue this connection flooded is above the low mark
+        and its consumers are draining it. A queue whose consumers made no
+        progress for ``stall_s`` (stalled, out of credit) releases the
+        publisher: it then only accumulates, bounded by the memory alarm."""
+        if not self.flow:
+            return False
+        progress = self._flow_progress
+        keep = set()
+        for q in self.flow:
+            if q.deleted or not q.consumers or len(q.ready) <= low:
+                progress.pop(q, None)
+                continue
+            seen = progress.get(q)
+            if seen is None or seen[0] != q.delivered:
+                progress[q] = (q.delivered, now)
+                keep.add(q)
+            elif now - seen[1] < stall_s:
+                keep.add(q)
+            else:
+                progress.pop(q, None)
+        self.flow = keep
+        return bool(keep)
 
     # --------------------------------------------------------- teardown
 
@@ -223,6 +286,8 @@ def _flow_ok(s: Session, chan: Channel, m: commands.Channel.FlowOk) -> None:
 
 @handles(commands.Exchange.Declare)
 def _exchange_declare(s: Session, chan: Channel, m: commands.Exchange.Declare) -> None:
+    if not m.passive:
+        s.broker.access.check_exchange_declare(s.user, s.vh.name, m.exchange, m.arguments)
     s.vh.declare_exchange(
         m.exchange,
         m.exchange_type,
@@ -238,6 +303,7 @@ def _exchange_declare(s: Session, chan: Channel, m: commands.Exchange.Declare) -
 
 @handles(commands.Exchange.Delete)
 def _exchange_delete(s: Session, chan: Channel, m: commands.Exchange.Delete) -> None:
+    s.broker.access.check(s.user, s.vh.name, "configure", "exchange", m.exchange)
     s.vh.delete_exchange(m.exchange, if_unused=m.if_unused)
     if not m.nowait:
         s.reply(chan, commands.Exchange.DeleteOk())
@@ -245,6 +311,8 @@ def _exchange_delete(s: Session, chan: Channel, m: commands.Exchange.Delete) -> 
 
 @handles(commands.Exchange.Bind)
 def _exchange_bind(s: Session, chan: Channel, m: commands.Exchange.Bind) -> None:
+    s.broker.access.check(s.user, s.vh.name, "write", "exchange", m.destination)
+    s.broker.access.check(s.user, s.vh.name, "read", "exchange", m.source)
     s.vh.get_exchange(m.destination)
     s.vh.bind(m.source, Destination("exchange", m.destination), m.routing_key, m.arguments)
     if not m.nowait:
@@ -253,6 +321,8 @@ def _exchange_bind(s: Session, chan: Channel, m: commands.Exchange.Bind) -> None
 
 @handles(commands.Exchange.Unbind)
 def _exchange_unbind(s: Session, chan: Channel, m: commands.Exchange.Unbind) -> None:
+    s.broker.access.check(s.user, s.vh.name, "write", "exchange", m.destination)
+    s.broker.access.check(s.user, s.vh.name, "read", "exchange", m.source)
     s.vh.unbind(m.source, Destination("exchange", m.destination), m.routing_key, m.arguments)
     if not m.nowait:
         s.reply(chan, commands.Exchange.UnbindOk())
@@ -266,6 +336,8 @@ def _queue_declare(s: Session, chan: Channel, m: commands.Queue.Declare) -> None
     if m.queue == PSEUDO_QUEUE:
         s.conn.send_raw(codec.queue_declare_ok(chan.id, PSEUDO_QUEUE, 0, 0))
         return
+    if not m.passive:
+        s.broker.access.check_queue_declare(s.user, s.vh, m.queue, m.arguments)
     queue = s.vh.declare_queue(
         m.queue,
         owner=s,
@@ -275,6 +347,8 @@ def _queue_declare(s: Session, chan: Channel, m: commands.Queue.Declare) -> None
         auto_delete=m.auto_delete,
         arguments=m.arguments,
     )
+    if not m.queue and not m.passive:  # server-named: check the name it got
+        s.broker.access.check_server_named_queue(s.user, s.vh, queue, m.arguments)
     chan.last_queue = queue.name
     if not m.nowait:
         s.conn.send_raw(
@@ -285,6 +359,8 @@ def _queue_declare(s: Session, chan: Channel, m: commands.Queue.Declare) -> None
 @handles(commands.Queue.Bind)
 def _queue_bind(s: Session, chan: Channel, m: commands.Queue.Bind) -> None:
     name = s.queue_name(chan, m.queue)
+    s.broker.access.check(s.user, s.vh.name, "write", "queue", name)
+    s.broker.access.check(s.user, s.vh.name, "read", "exchange", m.exchange)
     s.vh.bind(m.exchange, Destination("queue", name), m.routing_key, m.arguments, owner=s)
     if not m.nowait:
         s.reply(chan, commands.Queue.BindOk())
@@ -293,13 +369,17 @@ def _queue_bind(s: Session, chan: Channel, m: commands.Queue.Bind) -> None:
 @handles(commands.Queue.Unbind)
 def _queue_unbind(s: Session, chan: Channel, m: commands.Queue.Unbind) -> None:
     name = s.queue_name(chan, m.queue)
+    s.broker.access.check(s.user, s.vh.name, "write", "queue", name)
+    s.broker.access.check(s.user, s.vh.name, "read", "exchange", m.exchange)
     s.vh.unbind(m.exchange, Destination("queue", name), m.routing_key, m.arguments, owner=s)
     s.reply(chan, commands.Queue.UnbindOk())
 
 
 @handles(commands.Queue.Purge)
 def _queue_purge(s: Session, chan: Channel, m: commands.Queue.Purge) -> None:
-    queue = s.vh.get_queue(s.queue_name(chan, m.queue), owner=s)
+    name = s.queue_name(chan, m.queue)
+    s.broker.access.check(s.user, s.vh.name, "read", "queue", name)
+    queue = s.vh.get_queue(name, owner=s)
     count = queue.purge()
     if not m.nowait:
         s.reply(chan, commands.Queue.PurgeOk(message_count=count))
@@ -307,8 +387,10 @@ def _queue_purge(s: Session, chan: Channel, m: commands.Queue.Purge) -> None:
 
 @handles(commands.Queue.Delete)
 def _queue_delete(s: Session, chan: Channel, m: commands.Queue.Delete) -> None:
+    name = s.queue_name(chan, m.queue)
+    s.broker.access.check(s.user, s.vh.name, "configure", "queue", name)
     count = s.vh.delete_queue(
-        s.queue_name(chan, m.queue), owner=s, if_unused=m.if_unused, if_empty=m.if_empty
+        name, owner=s, if_unused=m.if_unused, if_empty=m.if_empty
     )
     if not m.nowait:
         s.reply(chan, commands.Queue.DeleteOk(message_count=count))
@@ -340,7 +422,9 @@ def _consume(s: Session, chan: Channel, m: commands.Basic.Consume) -> None:
         if not m.nowait:
             s.reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag))
         return
-    queue = s.vh.get_queue(s.queue_name(chan, m.queue), owner=s)
+    name = s.queue_name(chan, m.queue)
+    s.broker.access.check(s.user, s.vh.name, "read", "queue", name)
+    queue = s.vh.get_queue(name, owner=s)
     if queue.consumers and (m.exclusive or any(c.exclusive for c in queue.consumers)):
         raise errors.AccessRefused(
             f"queue '{queue.name}' in vhost '{queue.vhost}' in exclusive use"
@@ -375,7 +459,9 @@ def _cancel(s: Session, chan: Channel, m: commands.Basic.Cancel) -> None:
 
 @handles(commands.Basic.Get)
 def _get(s: Session, chan: Channel, m: commands.Basic.Get) -> None:
-    queue = s.vh.get_queue(s.queue_name(chan, m.queue), owner=s)
+    name = s.queue_name(chan, m.queue)
+    s.broker.access.check(s.user, s.vh.name, "read", "queue", name)
+    queue = s.vh.get_queue(name, owner=s)
     entry = s.broker.take_for_get(queue)
     if entry is None:
         s.reply(chan, commands.Basic.GetEmpty())

@@ -122,7 +122,11 @@ def pack_entry(entry: StoredEntry) -> bytes:
 def unpack_entry(raw: bytes, key: bytes) -> StoredEntry:
     fields = unpack(raw, "entry", key)
     try:
-        msg_id, delivery_count, redelivered, size, expires_at = fields
+        # Records written before size/expiry were stored have 3 or 4
+        # fields; the missing ones default to 0.
+        msg_id, delivery_count, redelivered, size, expires_at = (
+            list(fields) + [0, 0]
+        )[:5]
         return StoredEntry(
             int.from_bytes(key[-8:], "big"), msg_id, delivery_count,
             bool(redelivered), size, expires_at,

@@ -18,23 +18,29 @@ import math
 import trio
 
 from mqbroker import errors
-from mqbroker.core.broker import Broker
+from mqbroker.core.broker import FLOW_LOW_READY, Broker
 from mqbroker.core.session import Session
 from mqbroker.log import get_logger
 from mqbroker.protocol.connection import ServerConnection, State
+from mqbroker.server import tls
 
 log = get_logger("mqbroker.connection")
 
+FLOW_POLL_S = 0.002  # how often a throttled publisher re-checks its queues
+FLOW_STALL_S = 0.2  # consumers idle this long do not hold publishers back
 READ_SIZE = 256 * 1024  # one read may carry hundreds of small publishes
 CLOSE_TIMEOUT_S = 3.0  # how long we wait for the peer's close-ok
 
 
 class ConnectionTask:
-    def __init__(self, broker: Broker, stream: trio.SocketStream) -> None:
+    def __init__(self, broker: Broker, stream: trio.abc.Stream) -> None:
         self.broker = broker
         self.stream = stream
         try:
-            host, port = stream.socket.getpeername()[:2]
+            sock = tls.socket_of(stream)
+            if sock is None:
+                raise OSError("no socket")
+            host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
         except OSError:
             self.peer = "unknown"
@@ -48,6 +54,8 @@ class ConnectionTask:
         )
         self.session = Session(broker, self.conn, self.peer)
         self.session.wake = self._wake
+        self.session.resume_reading = self._resume_reading
+        self._unblocked = trio.Event()
         self._wakeup = trio.Event()
         self._writable = trio.Event()
         self._finished = False
@@ -59,8 +67,32 @@ class ConnectionTask:
     def _wake(self) -> None:
         self._wakeup.set()
 
-    async def run(self) -> None:
+    def _resume_reading(self) -> None:
+        self._unblocked.set()
+
+    async def _start_tls(self) -> bool:
+        """TLS handshake first: a verified client certificate's CN makes
+        SASL EXTERNAL available on this connection."""
+        assert isinstance(self.stream, trio.SSLStream)
         try:
+            cn = await tls.handshake(
+                self.stream, self.broker.config.tls_handshake_timeout_s
+            )
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            cause = exc.__cause__ or exc
+            self.session.close_reason = f"TLS handshake failed: {cause!r}"[:200]
+            return False
+        self.session.tls_peer_cn = cn
+        if cn is not None:
+            self.conn.mechanisms += " EXTERNAL"
+        return True
+
+    async def run(self) -> None:
+        access = self.broker.access
+        access.tcp_connections += 1
+        try:
+            if isinstance(self.stream, trio.SSLStream) and not await self._start_tls():
+                return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._heartbeat)
@@ -71,6 +103,7 @@ class ConnectionTask:
                     await self._writer_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            access.tcp_connections -= 1
             self.session.connection_lost()
             await trio.aclose_forcefully(self.stream)
             log.info(
@@ -98,10 +131,16 @@ class ConnectionTask:
             if not session.writable:
                 self._writable = trio.Event()
                 await self._writable.wait()
+            # Resource alarm: a publishing connection stops being read
+            # until the alarm clears (or the connection is closed).
+            while session.blocked and conn.state is State.OPEN and not self._finished:
+                self._unblocked = trio.Event()
+                await self._unblocked.wait()
             data = b""
             with trio.move_on_at(self._deadline()) as scope:
                 try:
-                    data = await self.stream.receive_some(READ_SIZE)
+                    # bytes() is free for a SocketStream's bytes (TLS: bytearray)
+                    data = bytes(await self.stream.receive_some(READ_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     data = b""
             if scope.cancelled_caught:
@@ -115,6 +154,11 @@ class ConnectionTask:
                     session.close_reason = "peer closed the socket"
                 return
             self.last_recv = trio.current_time()
+            # Blocked while this read was pending: hold the bytes until the
+            # alarm clears (at most one read is held per connection).
+            while session.blocked and conn.state is State.OPEN and not self._finished:
+                self._unblocked = trio.Event()
+                await self._unblocked.wait()
             was_closing = conn.state is State.CLOSING
             try:
                 session.receive(data)
@@ -132,6 +176,12 @@ class ConnectionTask:
                     vhost=session.vhost.name if session.vhost else None,
                 )
             self.broker.run_dispatch()
+            # Publisher flow control: let slow consumers catch up before
+            # reading more publishes from this connection.
+            while not self._finished and session.in_flow(
+                FLOW_LOW_READY, trio.current_time(), FLOW_STALL_S
+            ):
+                await trio.sleep(FLOW_POLL_S)
             if session.last_error is not None:
                 error = session.last_error
                 session.last_error = None
@@ -173,6 +223,7 @@ class ConnectionTask:
         finally:
             self._writer_done.set()
             self._writable.set()
+            self._unblocked.set()
 
     # -------------------------------------------------------- heartbeat
 
@@ -188,6 +239,10 @@ class ConnectionTask:
         while True:
             await trio.sleep(interval / 2)
             now = trio.current_time()
+            if self.session.blocked:
+                # Reads are paused: the peer's heartbeats sit unread in the
+                # socket (RabbitMQ pauses its heartbeat monitor the same way).
+                self.last_recv = now
             if now - self.last_recv > 2 * interval:
                 self.session.close_reason = (
                     f"missed heartbeats from client, timeout: {interval}s"
