@@ -69,9 +69,19 @@ class UserStore:
         self._verified.pop(name, None)
         return user
 
+    def put(self, user: User) -> None:
+        """Add or replace a user whose password is already hashed."""
+        self.users[user.name] = user
+        self._verified.pop(user.name, None)
+
+    def remove(self, name: str) -> User | None:
+        self._verified.pop(name, None)
+        return self.users.pop(name, None)
+
     def check(self, name: str, password: str) -> bool:
         user = self.users.get(name)
-        if user is None:
+        if user is None or not password:
+            # RabbitMQ refuses blank passwords whatever is stored.
             return False
         quick = hashlib.sha256(password.encode() + user.password_hash.encode()).digest()
         cached = self._verified.get(name)

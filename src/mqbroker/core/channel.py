@@ -20,6 +20,7 @@ from mqbroker import errors
 from mqbroker.core.message import Message
 from mqbroker.protocol import codec
 from mqbroker.protocol.table import Typed
+from mqbroker.queues.deadletter import with_header
 from mqbroker.queues.queue import Queue, QueueEntry
 
 if TYPE_CHECKING:
@@ -90,7 +91,12 @@ class Delivery:
 
 
 def with_delivery_count(message: Message, count: int) -> Message:
-    """The message as a quorum queue delivers it: ``x-delivery-count``."""
+    """The message as a quorum queue delivers it: ``x-delivery-count``
+    (set on the raw headers, so the publisher's value types are kept)."""
+    try:
+        return with_header(message, "x-delivery-count", Typed("l", count))
+    except ValueError:  # multi-word property flags: decode and re-encode
+        pass
     props = message.props
     copy = commands.Basic.Properties.__new__(commands.Basic.Properties)
     for name in commands.Basic.Properties.__slots__:

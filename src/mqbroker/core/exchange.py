@@ -18,6 +18,8 @@ class Exchange:
         "arguments",
         "impl",
         "builtin",
+        "policy",
+        "dedup",
     )
 
     def __init__(
@@ -42,10 +44,18 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.builtin = builtin
+        # The definition of the policy that applies (queues/policies.py).
+        self.policy: dict[str, Any] | None = None
+        # Deduplication cache (queues/dedup.py): None until first used,
+        # False when the exchange does not deduplicate.
+        self.dedup: Any = None
 
     @property
     def alternate(self) -> str | None:
+        """The ``alternate-exchange`` argument, else the policy's."""
         value = self.arguments.get("alternate-exchange")
+        if value is None and self.policy is not None:
+            value = self.policy.get("alternate-exchange")
         if isinstance(value, bytes | bytearray):
             value = bytes(value).decode("utf-8", "replace")
         return value if isinstance(value, str) and value else None

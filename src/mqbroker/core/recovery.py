@@ -12,6 +12,7 @@ from typing import Any
 
 from mqbroker.core.broker import Broker
 from mqbroker.exchanges.base import Destination
+from mqbroker.exchanges.delayed import recover as recover_delayed
 
 
 def _text(value: Any) -> str:
@@ -22,9 +23,14 @@ def _text(value: Any) -> str:
 
 def recover(broker: Broker) -> dict[str, int]:
     store = broker.store
+    # Users, permissions and vhosts (with their limits); seeds the defaults
+    # on first boot.
+    broker.access.recover()
     for _, record in store.definitions("vhost"):
         broker.add_vhost(record["name"])
     counts = {"exchanges": 0, "queues": 0, "bindings": 0, "messages": 0}
+    # Policies first: queues and exchanges pick theirs as they are declared.
+    counts["policies"] = broker.policies.recover()
     for _, record in store.definitions("exchange"):
         vhost = broker.add_vhost(record["vhost"])
         vhost.declare_exchange(
@@ -68,5 +74,7 @@ def recover(broker: Broker) -> dict[str, int]:
             counts["bindings"] += 1
         except Exception:  # an end vanished (non-durable): skip the binding
             continue
+    # Messages held by durable x-delayed-message exchanges.
+    counts["delayed"] = recover_delayed(broker)
     broker.next_msg_id = max(broker.next_msg_id, store.max_msg_id() + 1)
     return counts

@@ -140,16 +140,19 @@ class VHost:
             )
             return existing
         impl_cls = exchange_type(type_name)
+        # Types configured by arguments (x-delayed-message) validate them.
+        make = getattr(impl_cls, "from_arguments", None)
         exchange = Exchange(
             self.name,
             name,
             type_name,
-            impl_cls(),
+            make(arguments) if make is not None else impl_cls(),
             durable=durable,
             auto_delete=auto_delete,
             internal=internal,
             arguments=arguments,
         )
+        exchange.policy = self.policy_for("exchange", name)[1] or None
         self.exchanges[name] = exchange
         if durable and persist:
             self.store.put_definition(
@@ -225,6 +228,9 @@ class VHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        on_delete = getattr(exchange.impl, "on_delete", None)
+        if on_delete is not None:  # x-delayed-message: held messages go
+            on_delete()
         for binding in list(exchange.impl.bindings()):
             self._forget_binding(exchange.name, binding.destination, binding.routing_key, binding.args_dict())
         dest = Destination("exchange", exchange.name)
@@ -264,7 +270,9 @@ class VHost:
     ) -> Queue:
         arguments = dict(arguments or {})
         if passive:
-            return self.get_queue(name, owner)
+            queue = self.get_queue(name, owner)
+            queue.last_used_ms = self.now_ms()  # x-expires: a declare is a use
+            return queue
         if not name:
             name = server_queue_name()
         elif name.startswith("amq."):
@@ -298,7 +306,9 @@ class VHost:
                     )
             self._check_args(QUEUE_EQUIVALENCE_ARGS, existing.arguments, arguments, where)
             return existing
-        check_queue_arguments(arguments, durable=durable, exclusive=exclusive)
+        check_queue_arguments(
+            arguments, durable=durable, exclusive=exclusive, name=name, vhost=self.name
+        )
         policy, definition = self.policy_for("queue", name)
         queue = Queue(
             self.name,

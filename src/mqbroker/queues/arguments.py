@@ -13,6 +13,7 @@ from mqbroker import errors
 
 QUEUE_TYPES = ("classic", "quorum")
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
 
 
 def _text(value: Any) -> Any:
@@ -21,39 +22,76 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _int_arg(arguments: dict[str, Any], name: str, *, minimum: int) -> None:
+_AMQP_TYPE_NAMES = (
+    (bool, "bool"),
+    (str, "longstr"),
+    (bytes, "longstr"),
+    (float, "double"),
+    (dict, "table"),
+    (list, "array"),
+)
+
+
+def _type_name(value: Any) -> str:
+    for cls, name in _AMQP_TYPE_NAMES:
+        if isinstance(value, cls):
+            return name
+    return "void" if value is None else type(value).__name__
+
+
+def _int_arg(
+    arguments: dict[str, Any], name: str, where: str, *, minimum: int
+) -> None:
+    """RabbitMQ's wording: ``invalid arg 'x-expires' for queue 'q' in vhost
+    '/': {value_zero,0}``."""
     if name not in arguments:
         return
     value = arguments[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise errors.PreconditionFailed(
-            f"invalid arg '{name}' for queue: {value!r} is not an integer"
+            f"invalid arg '{name}' {where}: "
+            f'"expected integer, got {_type_name(value)}"'
         )
     if value < minimum:
-        raise errors.PreconditionFailed(
-            f"invalid arg '{name}' for queue: {value} is below {minimum}"
+        reason = (
+            f"{{value_zero,{value}}}"
+            if value == 0
+            else f"{{value_negative,{value}}}"
         )
+        raise errors.PreconditionFailed(f"invalid arg '{name}' {where}: {reason}")
 
 
 def check_queue_arguments(
-    arguments: dict[str, Any], *, durable: bool, exclusive: bool
+    arguments: dict[str, Any],
+    *,
+    durable: bool,
+    exclusive: bool,
+    name: str = "",
+    vhost: str = "/",
 ) -> None:
-    _int_arg(arguments, "x-message-ttl", minimum=0)
-    _int_arg(arguments, "x-expires", minimum=1)
-    _int_arg(arguments, "x-max-length", minimum=0)
-    _int_arg(arguments, "x-max-length-bytes", minimum=0)
-    _int_arg(arguments, "x-delivery-limit", minimum=-1)
+    where = f"for queue '{name}' in vhost '{vhost}'"
+    _int_arg(arguments, "x-message-ttl", where, minimum=0)
+    _int_arg(arguments, "x-expires", where, minimum=1)
+    _int_arg(arguments, "x-max-length", where, minimum=0)
+    _int_arg(arguments, "x-max-length-bytes", where, minimum=0)
+    _int_arg(arguments, "x-delivery-limit", where, minimum=-1)
+    _int_arg(arguments, "x-consumer-timeout", where, minimum=0)
     if "x-max-priority" in arguments:
-        _int_arg(arguments, "x-max-priority", minimum=0)
+        _int_arg(arguments, "x-max-priority", where, minimum=0)
         if arguments["x-max-priority"] > 255:
             raise errors.PreconditionFailed(
-                "invalid arg 'x-max-priority' for queue: "
-                f"{arguments['x-max-priority']} is above 255"
+                f"invalid arg 'x-max-priority' {where}: "
+                f"{{max_value_exceeded,{arguments['x-max-priority']}}}"
             )
     overflow = _text(arguments.get("x-overflow"))
     if overflow is not None and overflow not in OVERFLOW_MODES:
         raise errors.PreconditionFailed(
-            f"invalid arg 'x-overflow' for queue: {overflow!r}"
+            f"invalid arg 'x-overflow' {where}: invalid_overflow"
+        )
+    strategy = _text(arguments.get("x-dead-letter-strategy"))
+    if strategy is not None and strategy not in DEAD_LETTER_STRATEGIES:
+        raise errors.PreconditionFailed(
+            f"invalid arg 'x-dead-letter-strategy' {where}: invalid_dlx_strategy"
         )
     queue_type = _text(arguments.get("x-queue-type"))
     if queue_type == "stream":
@@ -63,13 +101,11 @@ def check_queue_arguments(
         )
     if queue_type is not None and queue_type not in QUEUE_TYPES:
         raise errors.PreconditionFailed(
-            f"invalid arg 'x-queue-type' for queue: unknown type {queue_type!r}"
+            f"invalid arg 'x-queue-type' {where}: "
+            f"\"unsupported queue type '{queue_type}'\""
         )
     if queue_type == "quorum" and (not durable or exclusive):
+        prop = "exclusive-owner" if exclusive else "non-durable"
         raise errors.PreconditionFailed(
-            "invalid property 'non-durable' for queue: quorum queues must be "
-            "durable and non-exclusive"
-            if not durable
-            else "invalid property 'exclusive-owner' for queue: quorum queues "
-            "cannot be exclusive"
+            f"invalid property '{prop}' {where}"
         )

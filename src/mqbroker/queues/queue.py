@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mqbroker.core.message import Message
 from mqbroker.persistence.store import Store, StoredEntry, StoredMessage
+from mqbroker.queues.dedup import QueueDedup, dedup_key
 from mqbroker.queues.ready import Fifo, PriorityReady, Ready
 from mqbroker.queues.settings import QueueSettings
 
@@ -91,6 +92,10 @@ def _no_dead_letter(queue: Queue, message: Message, reason: str) -> None:
     pass
 
 
+def _no_hook(queue: Queue) -> None:
+    pass
+
+
 class Queue:
     def __init__(
         self,
@@ -121,6 +126,8 @@ class Queue:
         )
         self.ready_bytes = 0
         self.unacked = 0
+        # x-message-deduplication: keys of the messages held (queues/dedup.py)
+        self.dedup: QueueDedup | None = QueueDedup() if self.settings.deduplication else None
         self.consumers: list[Consumer] = []
         self.had_consumers = False
         self.deleted = False
@@ -128,6 +135,8 @@ class Queue:
         self._rr = 0
         self._rr_by_priority: dict[int, int] = {}
         self.on_dead_letter: DeadLetterHook = _no_dead_letter
+        # Called when the last consumer goes: x-expires counts from then.
+        self.on_unused: Callable[[Queue], None] = _no_hook
         self.last_used_ms = now_ms
         # counters for management and metrics
         self.published = 0
@@ -155,6 +164,11 @@ class Queue:
         """A policy changed: new limits apply from now on."""
         old = self.settings
         self.settings = settings
+        if settings.deduplication != (self.dedup is not None):
+            self.dedup = QueueDedup() if settings.deduplication else None
+            if self.dedup is not None:
+                for entry in self.ready:
+                    self.dedup.add(dedup_key(self.message_of(entry)), entry.msg_id)
         if (settings.max_priority or None) != (old.max_priority or None):
             entries = list(self.ready)
             self.ready = (
@@ -187,6 +201,12 @@ class Queue:
                 self.dead_lettered += 1
                 self.on_dead_letter(self, message, "maxlen")
             return False, False
+        dedup = self.dedup
+        if dedup is not None:
+            duplicate, key = dedup.is_duplicate(message)
+            if duplicate:  # dropped, but the publisher gets its ack
+                return True, False
+            dedup.add(key, message.msg_id)
         ttl = st.message_ttl
         if ttl_ms is not None and (ttl is None or ttl_ms < ttl):
             ttl = ttl_ms
@@ -220,6 +240,10 @@ class Queue:
         self.ready.append(entry)
         self.ready_bytes += size
         self.published += 1
+        if (ttl == 0 or st.has_length_limit) and self.consumers and len(self.ready) == 1:
+            # RabbitMQ hands a message to a waiting consumer before it
+            # applies a TTL of 0 or a length limit of 0: deliver it now.
+            self.dispatch(now_ms)
         if st.has_length_limit:
             self._enforce_length()
         return True, entry.persisted and self.store.durable
@@ -230,7 +254,10 @@ class Queue:
 
     def _enforce_length(self) -> None:
         st = self.settings
-        if not st.has_length_limit:
+        # Only drop-head removes messages to get under the limit: with
+        # reject-publish a requeue (or a lowered limit) may leave the queue
+        # over it, as in RabbitMQ.
+        if not st.has_length_limit or st.overflow != "drop-head":
             return
         ready = self.ready
         while ready and (
@@ -253,6 +280,8 @@ class Queue:
         )
         if self.settings.max_priority:
             entry.priority = min(self.message_of(entry).priority, self.settings.max_priority)
+        if self.dedup is not None:
+            self.dedup.add(dedup_key(self.message_of(entry)), entry.msg_id)
         self.ready.append(entry)
         self.ready_bytes += stored.size
         if stored.seq >= self.next_seq:
@@ -300,6 +329,8 @@ class Queue:
         return entry
 
     def _forget(self, entry: QueueEntry) -> None:
+        if self.dedup is not None:
+            self.dedup.release(entry.msg_id)
         if entry.persisted and not self.deleted:
             self.store.remove_entry(self.key, entry.seq, entry.msg_id)
 
@@ -446,7 +477,9 @@ class Queue:
         try:
             self.consumers.remove(consumer)
         except ValueError:
-            pass
+            return
+        if not self.consumers:
+            self.on_unused(self)
 
     @property
     def active_consumer(self) -> Consumer | None:

@@ -3,7 +3,11 @@
 Strategy: the queue never reads raw arguments on the hot path; it reads one
 frozen ``QueueSettings`` built when the queue is declared and rebuilt when a
 policy changes. Arguments win over a policy's definition for the same key,
-as in RabbitMQ, so a client's explicit declare is never overridden.
+as in RabbitMQ, so a client's explicit declare is never overridden -- except
+for the numeric limits (TTLs, lengths, delivery limit, consumer timeout),
+where the lower of the two applies, as RabbitMQ's ``res_min`` does.
+Queue type, priorities and single-active-consumer are declare-time only
+(not policy keys), as in RabbitMQ.
 """
 
 from __future__ import annotations
@@ -23,10 +27,32 @@ POLICY_KEYS = {
     "dead-letter-routing-key": "x-dead-letter-routing-key",
     "delivery-limit": "x-delivery-limit",
     "consumer-timeout": "x-consumer-timeout",
-    "max-priority": "x-max-priority",
-    "single-active-consumer": "x-single-active-consumer",
+    "dead-letter-strategy": "x-dead-letter-strategy",
     "message-deduplication": "x-message-deduplication",
 }
+
+# Where both a policy and an argument set one of these, the lower wins.
+MIN_KEYS = frozenset(
+    (
+        "x-message-ttl",
+        "x-expires",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-delivery-limit",
+        "x-consumer-timeout",
+    )
+)
+
+
+def _resolve(arg: str, policy_value: Any, arg_value: Any) -> Any:
+    if arg not in MIN_KEYS:
+        return arg_value
+    p, a = _int(policy_value), _int(arg_value)
+    if p is None or a is None:
+        return arg_value if a is not None else policy_value
+    if arg == "x-delivery-limit" and (p < 0 or a < 0):
+        return max(p, a)  # -1 (unlimited) loses to any real limit
+    return min(p, a)
 
 # RabbitMQ 4: quorum queues have a delivery limit of 20 unless told.
 QUORUM_DEFAULT_DELIVERY_LIMIT = 20
@@ -86,12 +112,12 @@ class QueueSettings:
         policy: str | None = None,
         definition: Mapping[str, Any] | None = None,
     ) -> QueueSettings:
-        merged: dict[str, Any] = {}
+        merged: dict[str, Any] = dict(arguments)
         for key, value in (definition or {}).items():
             arg = POLICY_KEYS.get(key)
-            if arg is not None:
-                merged[arg] = value
-        merged.update(arguments)
+            if arg is None:
+                continue
+            merged[arg] = _resolve(arg, value, merged[arg]) if arg in merged else value
         queue_type = _text(merged.get("x-queue-type")) or "classic"
         limit = _int(merged.get("x-delivery-limit"))
         if limit is None and queue_type == "quorum":

@@ -17,7 +17,9 @@ from mqbroker.core.broker import Broker
 from mqbroker.core.recovery import recover
 from mqbroker.log import get_logger
 from mqbroker.persistence import GroupCommitter, open_store
+from mqbroker.server.alarms import Alarms
 from mqbroker.server.connection_task import ConnectionTask
+from mqbroker.server.tls import make_server_context, tls_enabled
 from mqbroker.server.timers import run_consumer_timeouts, run_timers
 
 log = get_logger("mqbroker.server")
@@ -29,6 +31,8 @@ class ServerInfo:
     port: int
     management_port: int | None
     broker: Broker
+    tls_port: int | None = None
+    alarms: Alarms | None = None
 
 
 async def serve(
@@ -59,19 +63,33 @@ async def serve(
             seconds=round(time.monotonic() - started, 3),
             **summary,
         )
-        committer = GroupCommitter(store, broker.on_committed)
+        alarms = Alarms(broker)
+        committer = GroupCommitter(
+            store,
+            broker.on_committed,
+            alarms.store_full,
+            on_recovered=alarms.store_recovered,
+        )
         broker.request_commit = committer.notify
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
+            await nursery.start(alarms.run)
             await nursery.start(run_timers, broker)
             await nursery.start(run_consumer_timeouts, broker, config.consumer_timeout_ms)
             listeners = await trio.open_tcp_listeners(config.port, host=config.host)
             port = listeners[0].socket.getsockname()[1]
 
-            async def handler(stream: trio.SocketStream) -> None:
+            async def handler(stream: trio.abc.Stream) -> None:
                 await ConnectionTask(broker, stream).run()
 
             await nursery.start(partial(trio.serve_listeners, handler, listeners))
+            tls_port = None
+            if tls_enabled(config):
+                context = make_server_context(config)
+                tcp = await trio.open_tcp_listeners(config.tls_port, host=config.host)
+                tls_port = tcp[0].socket.getsockname()[1]
+                amqps = [trio.SSLListener(t, context, https_compatible=False) for t in tcp]
+                await nursery.start(partial(trio.serve_listeners, handler, amqps))
             management_port = None
             if config.management_port is not None:
                 try:
@@ -82,8 +100,16 @@ async def serve(
                     management_port = await nursery.start(
                         serve_management, broker, config
                     )
-            log.info("broker.listening", host=config.host, port=port, management_port=management_port)
-            task_status.started(ServerInfo(config.host, port, management_port, broker))
+            log.info(
+                "broker.listening",
+                host=config.host,
+                port=port,
+                tls_port=tls_port,
+                management_port=management_port,
+            )
+            task_status.started(
+                ServerInfo(config.host, port, management_port, broker, tls_port, alarms)
+            )
             await trio.sleep_forever()
     finally:
         # Every task has stopped (the committer too): write what is left.

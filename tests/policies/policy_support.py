@@ -1,0 +1,464 @@
+"""Helpers for the queue-policy suite (plain functions, no fixtures).
+
+Every test talks to a real broker through the ``broker`` fixture: mqbroker
+in-process, or RabbitMQ when ``MQBROKER_EXTERNAL_URL`` is set, so the same
+scenario can be run against both (differential tests). Names are unique
+(``unique``) and everything durable is registered for clean-up.
+
+``RawGet`` is a tiny socket client that fetches one message with
+``basic.get`` and returns the content header *bytes*, so a test can compare
+field-table type tags (``l`` vs ``b``, ``T``, ``A``...) exactly as the broker
+wrote them; pika and aio-pika decode tables and lose the tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import trio
+from pamqp import commands
+from pamqp import frame as pframe
+from pamqp import heartbeat as pheartbeat
+
+WAIT = 10.0
+
+
+@dataclass
+class PolicyBroker:
+    host: str
+    port: int
+    vhost: str = "/"
+    user: str = "guest"
+    password: str = "guest"
+    data_dir: Path | None = None
+    embedded: Any = None
+    config: Any = None
+
+    @property
+    def url(self) -> str:
+        return (
+            f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/"
+            f"{urllib.parse.quote(self.vhost, safe='')}"
+        )
+
+    @property
+    def external(self) -> bool:
+        return self.embedded is None
+
+    @property
+    def core(self) -> Any:
+        """The in-process ``Broker`` (read it only through ``call``)."""
+        assert self.embedded is not None, "in-process broker only"
+        return self.embedded.info.broker
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the broker's trio thread."""
+        assert self.embedded is not None, "in-process broker only"
+
+        def run() -> Any:
+            return fn(*args, **kwargs)
+
+        return trio.from_thread.run_sync(run, trio_token=self.embedded._token)
+
+EXTERNAL_SKIP = "needs mqbroker's internals (not run against an external broker)"
+
+
+def unique(prefix: str = "q") -> str:
+    return f"ptest.{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+def start_embedded(data_dir: Path, **overrides: Any) -> PolicyBroker:
+    from mqbroker.config import Config
+    from mqbroker.server.embedded import EmbeddedBroker
+
+    config = Config(host="127.0.0.1", port=0, data_dir=data_dir, **overrides)
+    running = EmbeddedBroker(config).start()
+    return PolicyBroker(
+        host="127.0.0.1", port=running.port, data_dir=data_dir, embedded=running,
+        config=config,
+    )
+
+
+def pika_params(broker: Any, **overrides: Any) -> pika.ConnectionParameters:
+    kwargs: dict[str, Any] = dict(
+        host=broker.host,
+        port=broker.port,
+        virtual_host=broker.vhost,
+        credentials=pika.PlainCredentials(broker.user, broker.password),
+        connection_attempts=1,
+        socket_timeout=5,
+        stack_timeout=10,
+        blocked_connection_timeout=10,
+        heartbeat=30,
+    )
+    kwargs.update(overrides)
+    return pika.ConnectionParameters(**kwargs)
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = WAIT,
+    interval: float = 0.02,
+    conn: pika.BlockingConnection | None = None,
+) -> Any:
+    """Poll ``predicate`` until truthy (pumping ``conn``'s I/O meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        if conn is not None:
+            conn.process_data_events(time_limit=interval)
+        else:
+            time.sleep(interval)
+
+
+def message_count(ch: Any, queue: str) -> int:
+    return ch.queue_declare(queue, passive=True).method.message_count
+
+
+def wait_count(ch: Any, queue: str, expected: int, timeout: float = WAIT) -> None:
+    last = [None]
+
+    def check() -> bool:
+        last[0] = message_count(ch, queue)
+        return last[0] == expected
+
+    try:
+        wait_until(check, timeout, interval=0.02)
+    except AssertionError:
+        raise AssertionError(
+            f"queue {queue}: {last[0]} messages, expected {expected}"
+        ) from None
+
+
+def get(ch: Any, queue: str, timeout: float = WAIT, auto_ack: bool = True) -> Any:
+    """basic.get until a message arrives -> (method, properties, body)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        method, props, body = ch.basic_get(queue, auto_ack=auto_ack)
+        if method is not None:
+            return method, props, body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no message in {queue} within {timeout} s")
+        ch.connection.process_data_events(time_limit=0.02)
+
+
+def drain(ch: Any, queue: str) -> list[bytes]:
+    out = []
+    while True:
+        method, _, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append(body)
+
+
+def text(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode()
+    return value
+
+
+class Cleanup:
+    """Durable names to delete at teardown (an external broker is shared)."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def queue(self, name: str) -> str:
+        self.queues.append(name)
+        return name
+
+    def exchange(self, name: str) -> str:
+        self.exchanges.append(name)
+        return name
+
+    def run(self) -> None:
+        if not (self.queues or self.exchanges):
+            return
+        try:
+            conn = pika.BlockingConnection(pika_params(self.broker))
+        except Exception:
+            return
+        try:
+            for name in self.queues:
+                with contextlib.suppress(Exception):
+                    ch = conn.channel()
+                    ch.queue_delete(name)
+                    ch.close()
+            for name in self.exchanges:
+                with contextlib.suppress(Exception):
+                    ch = conn.channel()
+                    ch.exchange_delete(name)
+                    ch.close()
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+# ------------------------------------------------------------ typed tables
+
+
+def parse_table(raw: bytes, offset: int = 0) -> tuple[list[tuple[str, str, Any]], int]:
+    """A field table -> ([(key, tag, value)], next offset), tags kept.
+
+    Nested tables are lists of triples, arrays lists of (tag, value)."""
+    (size,) = struct.unpack_from(">I", raw, offset)
+    offset += 4
+    end = offset + size
+    items = []
+    while offset < end:
+        klen = raw[offset]
+        key = raw[offset + 1 : offset + 1 + klen].decode()
+        offset += 1 + klen
+        tag, value, offset = _value(raw, offset)
+        items.append((key, tag, value))
+    return items, end
+
+
+def _array(raw: bytes, offset: int) -> tuple[list[tuple[str, Any]], int]:
+    (size,) = struct.unpack_from(">I", raw, offset)
+    offset += 4
+    end = offset + size
+    items = []
+    while offset < end:
+        tag, value, offset = _value(raw, offset)
+        items.append((tag, value))
+    return items, end
+
+
+_FIXED = {
+    "t": (">B", 1), "b": (">b", 1), "B": (">B", 1), "s": (">h", 2),
+    "u": (">H", 2), "I": (">i", 4), "i": (">I", 4), "l": (">q", 8),
+    "f": (">f", 4), "d": (">d", 8), "T": (">Q", 8),
+}
+
+
+def _value(raw: bytes, offset: int) -> tuple[str, Any, int]:
+    tag = chr(raw[offset])
+    offset += 1
+    if tag in _FIXED:
+        fmt, size = _FIXED[tag]
+        (value,) = struct.unpack_from(fmt, raw, offset)
+        return tag, value, offset + size
+    if tag in "Sx":
+        (size,) = struct.unpack_from(">I", raw, offset)
+        data = raw[offset + 4 : offset + 4 + size]
+        return tag, data.decode() if tag == "S" else data, offset + 4 + size
+    if tag == "F":
+        value, offset = parse_table(raw, offset)
+        return tag, value, offset
+    if tag == "A":
+        value, offset = _array(raw, offset)
+        return tag, value, offset
+    if tag == "D":
+        scale, unscaled = struct.unpack_from(">Bi", raw, offset)
+        return tag, (scale, unscaled), offset + 5
+    if tag == "V":
+        return tag, None, offset
+    raise ValueError(f"unknown field tag {tag!r}")
+
+
+_SHORTSTR_PROPS = {0x8000, 0x4000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010, 0x0008, 0x0004}
+
+
+def typed_headers(raw_props: bytes) -> list[tuple[str, str, Any]]:
+    """Raw content-header properties -> the headers table with its tags."""
+    (flags,) = struct.unpack_from(">H", raw_props, 0)
+    offset = 2
+    for bit in (0x8000, 0x4000):
+        if flags & bit:
+            offset += 1 + raw_props[offset]
+    if not flags & 0x2000:
+        return []
+    items, _ = parse_table(raw_props, offset)
+    return items
+
+
+def has_expiration(raw_props: bytes) -> bool:
+    (flags,) = struct.unpack_from(">H", raw_props, 0)
+    return bool(flags & 0x0100)
+
+
+class RawGet:
+    """A minimal AMQP client: handshake, then ``basic.get`` with raw headers."""
+
+    def __init__(self, broker: Any, timeout: float = WAIT) -> None:
+        self.broker = broker
+        self.sock = socket.create_connection((broker.host, broker.port), timeout=timeout)
+        self.buf = b""
+        self.timeout = timeout
+        self._handshake()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.send(
+                commands.Connection.Close(
+                    reply_code=200, reply_text="bye", class_id=0, method_id=0
+                ),
+                0,
+            )
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> RawGet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, value: Any, channel: int) -> None:
+        self.sock.sendall(pframe.marshal(value, channel))
+
+    def _read_exact(self, n: int) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        while len(self.buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no data from broker in time")
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("EOF")
+            self.buf += data
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> tuple[int, int, bytes]:
+        """-> (frame type, channel, payload), heartbeats skipped."""
+        while True:
+            ftype, chan, size = struct.unpack(">BHI", self._read_exact(7))
+            payload = self._read_exact(size + 1)[:-1]
+            if ftype != 8:
+                return ftype, chan, payload
+
+    def method(self) -> Any:
+        ftype, chan, payload = self.frame()
+        assert ftype == 1, f"expected a method frame, got type {ftype}"
+        head = struct.pack(">BHI", ftype, chan, len(payload))
+        _, _, value = pframe.unmarshal(head + payload + b"\xce")
+        if isinstance(value, pheartbeat.Heartbeat):
+            return self.method()
+        return value
+
+    def _handshake(self) -> None:
+        self.sock.sendall(b"AMQP\x00\x00\x09\x01")
+        self.method()  # start
+        self.send(
+            commands.Connection.StartOk(
+                client_properties={"product": "policy-test-raw"},
+                mechanism="PLAIN",
+                response=f"\0{self.broker.user}\0{self.broker.password}",
+                locale="en_US",
+            ),
+            0,
+        )
+        tune = self.method()
+        self.send(
+            commands.Connection.TuneOk(
+                channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
+            ),
+            0,
+        )
+        self.send(commands.Connection.Open(virtual_host=self.broker.vhost), 0)
+        self.method()  # open-ok
+        self.send(commands.Channel.Open(), 1)
+        self.method()  # open-ok
+
+    def get(self, queue: str) -> tuple[Any, bytes, bytes] | None:
+        """basic.get(no_ack) -> (get-ok, raw properties, body) or None."""
+        self.send(commands.Basic.Get(queue=queue, no_ack=True), 1)
+        method = self.method()
+        if isinstance(method, commands.Basic.GetEmpty):
+            return None
+        assert isinstance(method, commands.Basic.GetOk), method
+        ftype, _, payload = self.frame()
+        assert ftype == 2
+        (body_size,) = struct.unpack_from(">Q", payload, 4)
+        raw_props = payload[12:]
+        body = b""
+        while len(body) < body_size:
+            ftype, _, chunk = self.frame()
+            assert ftype == 3
+            body += chunk
+        return method, raw_props, body
+
+    def get_wait(self, queue: str, timeout: float = WAIT) -> tuple[Any, bytes, bytes]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.get(queue)
+            if got is not None:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no message in {queue} within {timeout} s")
+            time.sleep(0.02)
+
+
+def death_shape(
+    headers: list[tuple[str, str, Any]], names: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The broker-independent shape of dead-letter headers: each header's
+    position, tag and value, and the x-death entries with their keys in
+    order, tags and values; ``time`` values are dropped and the unique
+    queue names of a run are mapped to stable labels through ``names``.
+    ``x-last-death-*`` (RabbitMQ 3.13+) are left out, so the shape can be
+    compared with RabbitMQ 3.10."""
+    labels = names or {}
+
+    def norm(tag: str, value: Any) -> Any:
+        if tag == "S":
+            return labels.get(value, value)
+        if tag == "A":
+            return [(t, norm(t, v)) for t, v in value]
+        if tag == "F":
+            return [(k, t, None if k == "time" else norm(t, v)) for k, t, v in value]
+        return value
+
+    kept = [(k, t, v) for k, t, v in headers if not k.startswith("x-last-death-")]
+    deaths = next((v for k, t, v in kept if k == "x-death"), [])
+    return {
+        "headers": [(k, t, norm(t, v)) for k, t, v in kept if k != "x-death"],
+        "order": [k for k, _, _ in kept],
+        "x-death": [(t, norm(t, v)) for t, v in deaths],
+    }
+
+
+def headers_dict(headers: list[tuple[str, str, Any]]) -> dict[str, tuple[str, Any]]:
+    return {k: (t, v) for k, t, v in headers}
+
+
+__all__ = [
+    "EXTERNAL_SKIP",
+    "WAIT",
+    "Cleanup",
+    "PolicyBroker",
+    "RawGet",
+    "death_shape",
+    "drain",
+    "get",
+    "has_expiration",
+    "headers_dict",
+    "message_count",
+    "pika_params",
+    "start_embedded",
+    "text",
+    "typed_headers",
+    "unique",
+    "wait_count",
+    "wait_until",
+]
