@@ -54,9 +54,16 @@ def recover(broker: Broker) -> dict[str, int]:
             persist=False,
         )
         counts["queues"] += 1
+        release = getattr(store, "release_resident", None)
         for stored in store.load_entries(queue.key):
             queue.restore(stored)
             counts["messages"] += 1
+            # Reading a large store maps it in; hand the pages back as we
+            # go so recovery's RSS stays the broker's own (resident.py).
+            if release is not None and counts["messages"] % 100_000 == 0:
+                release()
+        if release is not None:
+            release()
         broker.schedule(queue)
     for _, record in store.definitions("binding"):
         vhost = broker.vhosts.get(record["vhost"])
@@ -74,6 +81,10 @@ def recover(broker: Broker) -> dict[str, int]:
             counts["bindings"] += 1
         except Exception:  # an end vanished (non-durable): skip the binding
             continue
+    # Length limits, now that dead-letter targets exist again.
+    for vhost in broker.vhosts.values():
+        for queue in list(vhost.queues.values()):
+            queue.recovered()
     # Messages held by durable x-delayed-message exchanges.
     counts["delayed"] = recover_delayed(broker)
     broker.next_msg_id = max(broker.next_msg_id, store.max_msg_id() + 1)

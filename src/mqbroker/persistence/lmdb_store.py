@@ -41,6 +41,7 @@ from . import records as rec
 from .body_cache import BodyCache
 from .errors import StoreFormatError, StoreFullError
 from .lmdb_apply import Dbs, apply_batch, read_high_water
+from .resident import release_map
 from .store import StoredEntry, StoredMessage, WriteBatch
 
 MiB = 1 << 20
@@ -328,6 +329,14 @@ class LmdbStore:
     def map_size(self) -> int:
         """The current size of the memory map in bytes."""
         return self._map_size
+
+    def release_resident(self) -> int:
+        """Unmap the resident pages of the memory map (see resident.py).
+
+        Called from the loop thread between reads; the writer thread may
+        be reading pages at the same time, which is safe: a shared file
+        mapping faults the same bytes back in from the page cache."""
+        return release_map(self._path / "data.mdb")
 
     def close(self) -> None:
         if not self._closed:

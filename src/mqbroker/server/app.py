@@ -20,7 +20,11 @@ from mqbroker.persistence import GroupCommitter, open_store
 from mqbroker.server.alarms import Alarms
 from mqbroker.server.connection_task import ConnectionTask
 from mqbroker.server.tls import make_server_context, tls_enabled
-from mqbroker.server.timers import run_consumer_timeouts, run_timers
+from mqbroker.server.timers import (
+    run_consumer_timeouts,
+    run_release_map,
+    run_timers,
+)
 
 log = get_logger("mqbroker.server")
 
@@ -75,6 +79,7 @@ async def serve(
             await nursery.start(committer.run)
             await nursery.start(alarms.run)
             await nursery.start(run_timers, broker)
+            await nursery.start(run_release_map, broker)
             await nursery.start(run_consumer_timeouts, broker, config.consumer_timeout_ms)
             listeners = await trio.open_tcp_listeners(config.port, host=config.host)
             port = listeners[0].socket.getsockname()[1]

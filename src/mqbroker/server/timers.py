@@ -49,3 +49,19 @@ async def run_consumer_timeouts(
     while True:
         await trio.sleep(CONSUMER_TIMEOUT_TICK_S)
         broker.check_consumer_timeouts(timeout_ms)
+
+
+# How often LMDB's mapped pages are handed back (see persistence/resident.py).
+RELEASE_MAP_EVERY_S = 2.0
+
+
+async def run_release_map(
+    broker: Broker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    release = getattr(broker.store, "release_resident", None)
+    task_status.started()
+    if release is None:
+        return
+    while True:
+        await trio.sleep(RELEASE_MAP_EVERY_S)
+        release()
