@@ -109,3 +109,28 @@ def test_kill9_during_dead_lettering_loses_and_duplicates_nothing(mqbroker_proce
         seen.append(int(body))
     assert sorted(seen) == list(range(total))
     conn.close()
+
+
+def test_queue_over_its_limit_at_start_drops_its_head(mqbroker_process):
+    """Unacked messages come back as ready at a restart; a drop-head queue
+    that is then over x-max-length dead-letters its head (reason maxlen),
+    as RabbitMQ does when it starts the queue."""
+    proc = mqbroker_process(reuse_port=True)
+    conn = pika.BlockingConnection(_params(proc))
+    ch = conn.channel()
+    ch.queue_declare("lim.dlq", durable=True)
+    ch.queue_declare("lim", durable=True, arguments=_dl_args("lim.dlq", **{"x-max-length": 1}))
+    ch.confirm_delivery()
+    ch.basic_publish("", "lim", b"first", pika.BasicProperties(delivery_mode=2))
+    get(ch, "lim", auto_ack=False)  # unacked when the broker dies
+    ch.basic_publish("", "lim", b"second", pika.BasicProperties(delivery_mode=2))
+    proc.kill()
+    proc.start()
+    conn = pika.BlockingConnection(_params(proc))
+    ch = conn.channel()
+    assert message_count(ch, "lim") == 1
+    assert get(ch, "lim")[2] == b"second"
+    _, props, body = get(ch, "lim.dlq")
+    assert body == b"first"
+    assert text(props.headers["x-death"][0]["reason"]) == "maxlen"
+    conn.close()

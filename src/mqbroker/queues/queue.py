@@ -288,6 +288,12 @@ class Queue:
             self.next_seq = stored.seq + 1
         return entry
 
+    def recovered(self) -> None:
+        """Start-up is over (every queue and binding is back): a queue that
+        came back over its drop-head limit (unacked messages return as
+        ready) drops its head now, as RabbitMQ does when it starts one."""
+        self._enforce_length()
+
     def message_of(self, entry: QueueEntry) -> Message:
         """The entry's message, read back from the store if paged out."""
         message = entry.message
