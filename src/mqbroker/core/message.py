@@ -8,6 +8,7 @@ broker must read (delivery mode, expiration, headers, priority).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pamqp import commands
@@ -88,12 +89,17 @@ class Message:
         if value is None:
             return None
         text = value.decode() if isinstance(value, bytes) else str(value)
-        if not text.isdigit():
-            raise ValueError(
-                f"invalid expiration '{text}': "
-                + ("negative" if text.startswith("-") and text[1:].isdigit() else "no_integer")
-            )
-        return int(text)
+        if text.isdigit():
+            return int(text)
+        # RabbitMQ's texts (Erlang string:to_integer/1 and its checks).
+        match = re.match(r"[+-]?\d+", text)
+        if match is None:
+            reason = "no_integer"
+        elif match.end() < len(text):
+            reason = f'{{leftover_string,"{text[match.end():]}"}}'
+        else:
+            reason = f"{{value_negative,{int(text)}}}"
+        raise ValueError(f"invalid expiration '{text}': {reason}")
 
     @property
     def headers(self) -> dict[str, Any] | None:
