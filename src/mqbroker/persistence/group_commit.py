@@ -74,6 +74,7 @@ class GroupCommitter:
         self._cycle_done = trio.Event()
         self._failing = False
         self.batches_written = 0
+        self._unwritten: list[WriteBatch] = []
 
     def notify(self) -> None:
         """There is something to commit (loop thread; cheap, idempotent)."""
@@ -91,6 +92,7 @@ class GroupCommitter:
     ) -> None:
         task_status.started()
         parts: list[WriteBatch] = []  # taken, not yet durable
+        self._unwritten = parts
         while True:
             if not parts:
                 await self._wakeup.wait()
@@ -110,10 +112,27 @@ class GroupCommitter:
                     self._store.batch_done(part)
                 epoch = parts[-1].epoch
                 parts = []
+                self._unwritten = parts
                 self._on_committed(epoch)
             self._cycles_finished = cycle
             self._cycle_done.set()
             self._cycle_done = trio.Event()
+
+    def write_remaining(self) -> None:
+        """At shutdown, after ``run()`` stopped: write (in this thread) the
+        batches it had taken but not written (cancelled before its worker
+        thread started) and whatever the store still holds."""
+        parts = list(self._unwritten)
+        self._unwritten = []
+        batch = self._store.take_batch()
+        if batch is not None:
+            parts.append(batch)
+        if not parts:
+            return
+        merged = parts[0] if len(parts) == 1 else merge_batches(parts)
+        self._store.write_batch(merged)
+        for part in parts:
+            self._store.batch_done(part)
 
     async def _write(self, parts: list[WriteBatch]) -> bool:
         batch = parts[0] if len(parts) == 1 else merge_batches(parts)

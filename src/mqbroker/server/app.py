@@ -56,6 +56,7 @@ async def serve(
             else {}
         ),
     )
+    committer: GroupCommitter | None = None
     try:
         broker = Broker(config, store)
         started = time.monotonic()
@@ -118,8 +119,11 @@ async def serve(
             await trio.sleep_forever()
     finally:
         # Every task has stopped (the committer too): write what is left.
-        batch = store.take_batch()
-        if batch is not None:
-            store.write_batch(batch)
-            store.batch_done(batch)
+        if committer is not None:
+            committer.write_remaining()
+        else:
+            batch = store.take_batch()
+            if batch is not None:
+                store.write_batch(batch)
+                store.batch_done(batch)
         store.close()
