@@ -161,7 +161,7 @@ def test_move_10000_interrupted_then_resumed(ctl: Ctl, mgmt: Mgmt) -> None:
     ctl.run("declare", "queue", "work")
     _fill_dlq(mgmt, total)
     mgmt.wait_ready("dlq", total, timeout=30)
-    proc = ctl.popen("move", "dlq", "--to-origin", "--all", "--batch", "100", "--rate", "4000")
+    proc = ctl.popen("move", "dlq", "--to-origin", "--all", "--batch", "100", "--rate", "1000")
     try:
         mgmt.wait_for(
             lambda: mgmt.queue("dlq")["messages_ready"] <= total // 2,
