@@ -243,17 +243,20 @@ class VHost:
 
     # ----------------------------------------------------------- queues
 
+    def _locked(self, name: str) -> errors.ResourceLocked:
+        return errors.ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{name}' in "
+            f"vhost '{self.name}'. It could be originally declared on "
+            "another connection or the exclusive property value does not "
+            "match that of the original declaration."
+        )
+
     def get_queue(self, name: str, owner: object | None = None) -> Queue:
         queue = self.queues.get(name)
         if queue is None:
             raise errors.NotFound(f"no queue '{name}' in vhost '{self.name}'")
         if owner is not None and queue.exclusive_owner not in (None, owner):
-            raise errors.ResourceLocked(
-                f"cannot obtain exclusive access to locked queue '{name}' in "
-                f"vhost '{self.name}'. It could be originally declared on "
-                "another connection or the exclusive property value does not "
-                "match that of the original declaration."
-            )
+            raise self._locked(name)
         return queue
 
     def declare_queue(
@@ -288,12 +291,7 @@ class VHost:
             self.get_queue(name, owner)  # 405 if someone else's exclusive
             existing.last_used_ms = self.now_ms()
             if exclusive != (existing.exclusive_owner is not None):
-                raise errors.ResourceLocked(
-                    f"cannot obtain exclusive access to locked queue '{name}' "
-                    f"in vhost '{self.name}'. It could be originally declared "
-                    "on another connection or the exclusive property value "
-                    "does not match that of the original declaration."
-                )
+                raise self._locked(name)
             where = f"for queue '{name}' in vhost '{self.name}'"
             for field, got, have in (
                 ("durable", durable, existing.durable),
