@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-fail-if-no-peer-cert", action="store_true", default=None,
         help="refuse TLS clients without a certificate (mutual TLS)",
     )
+    tls.add_argument(
+        "--management-tls", action="store_true", default=None,
+        help="serve the management API over HTTPS with the TLS cert/key",
+    )
     serve.add_argument(
         "--connection-max", type=int, help="node-wide connection limit (default none)"
     )
@@ -71,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         tls_verify_peer=args.tls_verify_peer,
         tls_fail_if_no_peer_cert=args.tls_fail_if_no_peer_cert,
         connection_max=args.connection_max,
+        management_tls=args.management_tls,
     )
     if args.no_management:
         from dataclasses import replace

@@ -96,6 +96,8 @@ class Config:
     tls_fail_if_no_peer_cert: bool = False
     # RabbitMQ's ssl_handshake_timeout (5 s).
     tls_handshake_timeout_s: float = 5.0
+    # Serve the management API over HTTPS with the same certificate/key.
+    management_tls: bool = False
 
     # --- resource alarms (server/alarms.py) ---
     # Publishing connections are blocked (connection.blocked) while the

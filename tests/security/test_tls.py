@@ -245,3 +245,20 @@ def test_tls_cli_flags() -> None:
     default = config_from_args(build_parser().parse_args(["serve"]))
     assert default.tls_port == 5671 and default.tls_certfile is None
     assert not default.tls_verify_peer
+
+
+def test_management_api_over_https(make_broker: Any, pki: dict[str, Any]) -> None:
+    import httpx
+
+    b = make_broker(**tls_config(pki, tls_verify_peer=False), management_port=0,
+                    management_tls=True)
+    port = b.info.management_port
+    ctx = client_context(pki)
+    with httpx.Client(verify=ctx, auth=("guest", "guest"), timeout=10) as http:
+        reply = http.get(f"https://localhost:{port}/api/overview")
+    assert reply.status_code == 200
+    assert reply.json()["management_version"]
+    # Plain HTTP on the HTTPS port does not get the API.
+    with httpx.Client(auth=("guest", "guest"), timeout=5) as http:
+        with pytest.raises(httpx.HTTPError):
+            http.get(f"http://127.0.0.1:{port}/api/overview")

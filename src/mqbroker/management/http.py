@@ -1280,6 +1280,13 @@ async def serve_management(
     hyper.graceful_timeout = 1.0
     hyper.keep_alive_timeout = 30
     hyper.include_server_header = False
+    if config.management_tls:
+        if config.tls_certfile is None or config.tls_keyfile is None:
+            raise ValueError("management_tls needs tls_certfile and tls_keyfile")
+        hyper.certfile = str(config.tls_certfile)
+        hyper.keyfile = str(config.tls_keyfile)
+        if config.tls_cafile is not None:
+            hyper.ca_certs = str(config.tls_cafile)
     async with trio.open_nursery() as nursery:
         mgmt.stats.tick()
         binds = await nursery.start(partial(serve, app, hyper, mode="asgi"))  # type: ignore[arg-type]
