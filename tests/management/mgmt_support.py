@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -139,7 +140,15 @@ class Ctl:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell runs background jobs with SIGINT ignored, and the
+            # child would inherit that: give it the default disposition so
+            # the test's SIGINT reaches it like a user's Ctrl-C.
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
