@@ -104,6 +104,10 @@ class ConnectionTask:
                 nursery.cancel_scope.cancel()
         finally:
             access.tcp_connections -= 1
+            if self.conn.state is State.OPEN:
+                # The broker is stopping (our tasks were cancelled while the
+                # connection was open): tell the client, as RabbitMQ does.
+                await self._say_shutdown()
             self.session.connection_lost()
             await trio.aclose_forcefully(self.stream)
             log.info(
@@ -112,6 +116,19 @@ class ConnectionTask:
                 user=self.session.user,
                 reason=self.session.close_reason or "socket closed",
             )
+
+    async def _say_shutdown(self) -> None:
+        self.session.close_reason = "broker shutdown"
+        self.conn.close_connection(
+            errors.ConnectionForced(
+                "broker forced connection closure with reason 'shutdown'"
+            )
+        )
+        with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+            try:
+                await self.stream.send_all(self.conn.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                pass
 
     # ----------------------------------------------------------- reader
 
