@@ -528,13 +528,12 @@ class Queue:
         ready = self.ready
         if not ready or not self.consumers:
             return
-        check_ttl = self.settings.message_ttl is not None or True
         while ready:
-            if check_ttl:
-                head = ready.peek()
-                if head.expires_at and head.expires_at < now_ms:
-                    self._discard(self._pop(), "expired")
-                    continue
+            # Per-message TTL can be set on any queue: always check the head.
+            head = ready.peek()
+            if head.expires_at and head.expires_at < now_ms:
+                self._discard(self._pop(), "expired")
+                continue
             consumer = self._pick()
             if consumer is None:
                 return
