@@ -5,7 +5,12 @@ random cuts of the byte stream (architecture.md, house rule 9).
   byte-for-byte pamqp's marshal wherever pamqp can build the method.
 - The publish/ack fast paths decode like pamqp; properties decode like
   pamqp's content header.
-- ``content_frames`` reassembles to the body, every frame within frame_max.
+- ``write_content`` reassembles to the body, every frame within frame_max;
+  ``write_delivery`` (pre-encoded prefix and suffix, tag packed per
+  message) is byte-for-byte pamqp's deliver + content header + body.
+- ``FrameReader.next_publish`` (the one-pass publish decoder) agrees with
+  pamqp on every publish it accepts, and declines (None, nothing consumed)
+  every truncated or altered stream, leaving it to the general path.
 - FrameReader returns every frame of a valid stream exactly once however it
   is cut, and on garbage returns None, frames, or an AMQPError; so does
   ``decode_method`` on random payloads.
@@ -27,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands, constants
+from pamqp import body as pamqp_body
 from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
@@ -39,6 +45,7 @@ from protocol_helpers import (
     attrs,
     channel_open,
     content_body,
+    content_frames,
     content_header,
     handshake_bytes,
     heartbeat,
@@ -391,7 +398,7 @@ def test_content_frames_reassemble(
 ) -> None:
     body = random.Random(seed).randbytes(size)
     props = commands.Basic.Properties(message_id="m").marshal()
-    frames = codec.content_frames(channel, props, body, frame_max)
+    frames = content_frames(channel, props, body, frame_max)
     chunk = frame_max - 8
     assert len(frames) == 1 + -(-size // chunk)
     assert all(len(f) <= frame_max for f in frames)
@@ -405,6 +412,178 @@ def test_content_frames_reassemble(
     assert head.body_size == size and head.properties.message_id == "m"
     assert b"".join(d[2].value for d in decoded[1:]) == body
     assert all(d[2].value for d in decoded[1:])  # no empty body frames
+
+
+# ------------------------------------------- hot path vs pamqp
+
+
+def _pamqp_body_frames(channel: int, body: bytes, frame_max: int) -> bytes:
+    chunk = frame_max - 8
+    return b"".join(
+        pamqp_frame.marshal(pamqp_body.ContentBody(body[i : i + chunk]), channel)
+        for i in range(0, len(body), chunk)
+    )
+
+
+@SETTINGS
+@given(
+    channel=st.integers(0, 65535),
+    consumer_tag=any_shortstr,
+    delivery_tag=delivery_tags,
+    redelivered=st.booleans(),
+    exchange=exchange_names,
+    routing_key=any_shortstr,
+    props=properties,
+    size=st.integers(0, 9000) | st.sampled_from([4087, 4088, 4089, 8176, 8177]),
+    frame_max=st.integers(4096, 10000) | st.just(4096),
+    seed=st.integers(0, 2**32),
+)
+def test_write_delivery_is_pamqp_marshal(
+    channel: int,
+    consumer_tag: str,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: str,
+    routing_key: str,
+    props: commands.Basic.Properties,
+    size: int,
+    frame_max: int,
+    seed: int,
+) -> None:
+    body = random.Random(seed).randbytes(size)
+    ref = (
+        pamqp_frame.marshal(
+            commands.Basic.Deliver(
+                consumer_tag=consumer_tag,
+                delivery_tag=delivery_tag,
+                redelivered=redelivered,
+                exchange=exchange,
+                routing_key=routing_key,
+            ),
+            channel,
+        )
+        + pamqp_frame.marshal(pamqp_header.ContentHeader(0, size, props), channel)
+        + _pamqp_body_frames(channel, body, frame_max)
+    )
+    out = bytearray(b"before")
+    codec.write_delivery(
+        out,
+        channel,
+        codec.deliver_prefix(consumer_tag),
+        delivery_tag,
+        redelivered,
+        codec.route_suffix(exchange, routing_key),
+        props.marshal(),
+        body,
+        frame_max,
+    )
+    assert bytes(out) == b"before" + ref
+
+
+def _publish_stream(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    immediate: bool,
+    props: commands.Basic.Properties,
+    body: bytes,
+    frame_max: int,
+) -> bytes:
+    return (
+        pamqp_frame.marshal(
+            commands.Basic.Publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=mandatory,
+                immediate=immediate,
+            ),
+            channel,
+        )
+        + pamqp_frame.marshal(pamqp_header.ContentHeader(0, len(body), props), channel)
+        + _pamqp_body_frames(channel, body, frame_max)
+    )
+
+
+publishes = st.fixed_dictionaries(
+    {
+        "channel": st.integers(1, 65535),
+        "exchange": exchange_names,
+        "routing_key": any_shortstr,
+        "mandatory": st.booleans(),
+        "immediate": st.booleans(),
+        "props": properties,
+        "body": st.binary(max_size=300) | st.binary(min_size=4080, max_size=4200),
+    }
+)
+
+
+@SETTINGS
+@given(pub=publishes, after=st.binary(max_size=30))
+def test_next_publish_equals_pamqp(pub: dict[str, Any], after: bytes) -> None:
+    stream = _publish_stream(frame_max=4096, **pub)
+    reader = codec.FrameReader(4096)
+    reader.feed(stream + after)
+    got = reader.next_publish(max_body=2**32)
+    body = pub["body"]
+    if len(body) > 4096 - 8:  # split over two body frames: general path
+        assert got is None
+        return
+    assert got is not None
+    assert got == (
+        pub["channel"],
+        pub["exchange"],
+        pub["routing_key"],
+        int(pub["mandatory"]) | int(pub["immediate"]) << 1,
+        pub["props"].marshal(),
+        body,
+        len(stream),
+    )
+    reader.consume(got[6])
+    assert reader.buffered == len(after)
+    # a body over the connection's limit is left to the general path
+    reader = codec.FrameReader(4096)
+    reader.feed(stream)
+    if body:
+        assert reader.next_publish(max_body=len(body) - 1) is None
+
+
+@SETTINGS
+@given(pub=publishes, cut=st.integers(0, 10**6), flip=st.integers(0, 10**6),
+       bit=st.integers(0, 7))
+def test_next_publish_declines_partial_or_altered_streams(
+    pub: dict[str, Any], cut: int, flip: int, bit: int
+) -> None:
+    stream = _publish_stream(frame_max=4096, **pub)
+    # any strict prefix: nothing yet
+    reader = codec.FrameReader(4096)
+    reader.feed(stream[: cut % len(stream)])
+    assert reader.next_publish(max_body=2**32) is None
+    assert reader.buffered == cut % len(stream)
+    # one bit flipped anywhere: None, or a publish the general path agrees on
+    altered = bytearray(stream)
+    altered[flip % len(stream)] ^= 1 << bit
+    fast = codec.FrameReader(4096)
+    fast.feed(bytes(altered))
+    got = fast.next_publish(max_body=2**32)
+    if got is None:
+        return
+    slow = codec.FrameReader(4096)
+    slow.feed(bytes(altered))
+    frames = [slow.next_frame() for _ in range(3 if got[5] else 2)]
+    assert slow.buffered == len(altered) - got[6]
+    assert all(f is not None for f in frames)
+    publish = codec.decode_method(frames[0][2])  # type: ignore[index]
+    class_id, body_size, raw = codec.split_content_header(frames[1][2])  # type: ignore[index]
+    assert (got[0], got[1], got[2], got[3] & 3) == (
+        frames[0][1],  # type: ignore[index]
+        publish.exchange,
+        publish.routing_key,
+        int(publish.mandatory) | int(publish.immediate) << 1,
+    )
+    assert class_id == 60 and body_size == len(got[5]) and raw == got[4]
+    if got[5]:
+        assert frames[2][2] == got[5]  # type: ignore[index]
 
 
 # --------------------------------------------------------- FrameReader
@@ -568,7 +747,7 @@ def _check(events: list[Any], bodies: list[bytes], close: bool) -> None:
         "ChannelOpened",
         "ChannelOpened",
     ]
-    assert [e[4] for e in events if e[0] == "ContentReceived"] == bodies
+    assert [e[7] for e in events if e[0] == "ContentReceived"] == bodies
     if close:
         assert events[-2:] == [
             ("ChannelClosed", 2),

@@ -19,6 +19,7 @@ from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 from pamqp import heartbeat as pamqp_heartbeat
 
+from mqbroker.protocol import codec
 from mqbroker.protocol.connection import ServerConnection, State
 from mqbroker.protocol.events import (
     ChannelOpened,
@@ -78,6 +79,25 @@ def raw_frame(
         + payload
         + bytes((end,))
     )
+
+
+def content_frames(
+    channel: int, properties: bytes, body: bytes, frame_max: int
+) -> list[bytes]:
+    """``codec.write_content``'s output cut into its frames."""
+    out = bytearray()
+    codec.write_content(out, channel, properties, body, frame_max)
+    return split_frames(bytes(out))
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """A byte stream of whole frames -> the frames."""
+    frames, pos = [], 0
+    while pos < len(data):
+        (size,) = struct.unpack_from(">I", data, pos + 3)
+        frames.append(data[pos : pos + size + 8])
+        pos += size + 8
+    return frames
 
 
 def publish_frames(

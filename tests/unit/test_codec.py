@@ -14,6 +14,7 @@ from pamqp import header as pamqp_header
 from protocol_helpers import (
     attrs,
     content_body,
+    content_frames,
     content_header,
     method,
     raw_frame,
@@ -319,7 +320,7 @@ def _body_frames(frames: list[bytes]) -> list[tuple[int, object]]:
 
 def test_content_frames_empty_body_has_no_body_frame() -> None:
     props = commands.Basic.Properties(delivery_mode=1).marshal()
-    frames = codec.content_frames(3, props, b"", 4096)
+    frames = content_frames(3, props, b"", 4096)
     assert len(frames) == 1
     ((channel, head),) = _body_frames(frames)
     assert channel == 3
@@ -329,7 +330,7 @@ def test_content_frames_empty_body_has_no_body_frame() -> None:
 
 def test_content_frames_header_matches_pamqp() -> None:
     props = commands.Basic.Properties(content_type="a/b", headers={"x": 1})
-    frames = codec.content_frames(1, props.marshal(), b"body", 4096)
+    frames = content_frames(1, props.marshal(), b"body", 4096)
     assert frames[0] == pamqp_frame.marshal(
         pamqp_header.ContentHeader(0, 4, props), 1
     )
@@ -341,7 +342,7 @@ def test_content_frames_header_matches_pamqp() -> None:
 )
 def test_content_frames_split_at_frame_max(size: int, count: int) -> None:
     body = bytes(i % 251 for i in range(size))
-    frames = codec.content_frames(1, b"\x00\x00", body, 4096)
+    frames = content_frames(1, b"\x00\x00", body, 4096)
     assert len(frames) == 1 + count
     assert all(len(f) <= 4096 for f in frames)
     assert b"".join(f[7:-1] for f in frames[1:]) == body

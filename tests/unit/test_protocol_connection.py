@@ -336,10 +336,10 @@ def test_publish_header_body_becomes_one_event() -> None:
     )
     assert isinstance(event, ContentReceived)
     assert event.channel == 1
-    assert isinstance(event.method, commands.Basic.Publish)
-    assert event.method.exchange == "amq.direct"
-    assert event.method.routing_key == "rk"
-    assert event.method.mandatory is True
+    assert event.exchange == "amq.direct"
+    assert event.routing_key == "rk"
+    assert event.mandatory is True
+    assert event.immediate is False
     assert event.body == b"hello"
     assert event.properties == props.marshal()
     assert codec.decode_properties(event.properties) == props
@@ -411,7 +411,7 @@ def test_publishes_interleaved_on_two_channels() -> None:
         content_body(2, b"22"),
         content_body(1, b"1"),
     )
-    assert [(e.channel, e.method.routing_key, e.body) for e in events] == [
+    assert [(e.channel, e.routing_key, e.body) for e in events] == [
         (2, "b", b"22"),
         (1, "a", b"11"),
     ]

@@ -544,7 +544,7 @@ def move_batch(
             result.skipped += 1
             continue
         where = _resolve(vhost, target, message)
-        queues: list[Queue] = []
+        queues: tuple[Queue, ...] = ()
         if where is not None:
             exchange = vhost.exchanges.get(where[0])
             if exchange is not None:

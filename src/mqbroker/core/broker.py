@@ -258,7 +258,7 @@ class Broker:
 
     def publish_event(self, session: Session, chan: Channel, event: ContentReceived) -> bool:
         """Route one publish; True when it wrote to the durable store."""
-        method = event.method
+        method = event  # carries exchange, routing_key, mandatory, immediate
         if method.immediate:
             raise errors.NotImplemented_("immediate=true")
         vhost = session.vh
@@ -320,7 +320,7 @@ class Broker:
             if exchange.dedup is not False and exchange_duplicate(
                 exchange, message, self.wall_ms()
             ):
-                queues = []  # a duplicate: routed nowhere, still confirmed
+                queues: tuple[Queue, ...] = ()  # a duplicate: still confirmed
             else:
                 queues = route(vhost, exchange, keys, headers)
         except errors.AMQPError as exc:
@@ -365,10 +365,9 @@ class Broker:
         out += codec.return_method(
             chan.id, 312, "NO_ROUTE", method.exchange, method.routing_key
         )
-        for frame in codec.content_frames(
-            chan.id, message.properties_raw, message.body, session.conn.frame_max
-        ):
-            out += frame
+        codec.write_content(
+            out, chan.id, message.properties_raw, message.body, session.conn.frame_max
+        )
         session.output_ready()
 
     # ------------------------------------------------------ dead letters

@@ -38,6 +38,7 @@ class Consumer:
         "unacked",
         "arguments",
         "priority",
+        "prefix",
     )
 
     def __init__(
@@ -61,6 +62,8 @@ class Consumer:
         self.arguments = arguments
         value = arguments.get("x-priority", 0)
         self.priority = value if isinstance(value, int) and not isinstance(value, bool) else 0
+        # basic.deliver up to the delivery tag, encoded once (codec.py)
+        self.prefix = codec.deliver_prefix(tag)
 
     def has_credit(self) -> bool:
         channel = self.channel
@@ -145,19 +148,18 @@ class Channel:
         if entry.delivery_count and queue.settings.counts_deliveries:
             message = with_delivery_count(message, entry.delivery_count)
         session = self.session
-        out = session.conn.out
-        out += codec.deliver_method(
+        conn = session.conn
+        codec.write_delivery(
+            conn.out,
             self.id,
-            consumer.tag,
+            consumer.prefix,
             tag,
             entry.redelivered,
-            message.exchange,
-            message.routing_key,
+            codec.route_suffix(message.exchange, message.routing_key),
+            message.properties_raw,
+            message.body,
+            conn.frame_max,
         )
-        for frame in codec.content_frames(
-            self.id, message.properties_raw, message.body, session.conn.frame_max
-        ):
-            out += frame
         if consumer.no_ack:
             queue.settle(entry)
         else:
@@ -171,14 +173,18 @@ class Channel:
         """A direct reply-to delivery: no queue, no ack, nothing stored."""
         tag = self.next_tag
         self.next_tag = tag + 1
-        out = self.session.conn.out
-        out += codec.deliver_method(
-            self.id, consumer_tag, tag, False, message.exchange, message.routing_key
+        conn = self.session.conn
+        codec.write_delivery(
+            conn.out,
+            self.id,
+            codec.deliver_prefix(consumer_tag),
+            tag,
+            False,
+            codec.route_suffix(message.exchange, message.routing_key),
+            message.properties_raw,
+            message.body,
+            conn.frame_max,
         )
-        for frame in codec.content_frames(
-            self.id, message.properties_raw, message.body, self.session.conn.frame_max
-        ):
-            out += frame
         self.session.output_ready()
 
     def send_get_ok(self, queue: Queue, entry: QueueEntry, no_ack: bool) -> None:
@@ -196,10 +202,9 @@ class Channel:
             message.routing_key,
             queue.message_count,
         )
-        for frame in codec.content_frames(
-            self.id, message.properties_raw, message.body, self.session.conn.frame_max
-        ):
-            out += frame
+        codec.write_content(
+            out, self.id, message.properties_raw, message.body, self.session.conn.frame_max
+        )
         if no_ack:
             queue.settle(entry)
         else:

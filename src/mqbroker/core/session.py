@@ -105,14 +105,28 @@ class Session:
         """Feed bytes and handle every complete event (one loop pass)."""
         conn = self.conn
         conn.receive_data(data)
+        next_event = conn.next_event
+        channels = self.channels
+        publish = self.broker.publish_event
         while True:
             try:
-                event = conn.next_event()
+                event = next_event()
             except errors.AMQPError as exc:
                 self.report(exc, exc.channel if exc.channel is not None else 0)
                 continue
             if event is None:
                 break
+            if type(event) is ContentReceived:
+                # The hot path, inlined from handle(): most events are
+                # publishes, and each saves a call and an isinstance chain.
+                chan = channels.get(event.channel)
+                if chan is not None and not chan.tx:
+                    self.published = True
+                    try:
+                        publish(self, chan, event)
+                    except errors.AMQPError as exc:
+                        self.report(exc, event.channel)
+                    continue
             self.handle(event)
         if self.alarm is not None and self.published and not self.blocked:
             self.set_blocked(self.alarm)

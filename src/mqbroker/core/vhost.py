@@ -84,6 +84,9 @@ class VHost:
         self.store = store
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        # (exchange, routing key) -> queues, filled by core/router.py and
+        # dropped whenever exchanges, queues, bindings or policies change.
+        self.routes: dict[tuple[str, str], tuple[Queue, ...]] = {}
         # Called with a queue after it is deleted (consumers cancelled by
         # the broker, which knows the sessions).
         self.on_queue_deleted: Callable[[Queue], None] = lambda q: None
@@ -154,6 +157,7 @@ class VHost:
         )
         exchange.policy = self.policy_for("exchange", name)[1] or None
         self.exchanges[name] = exchange
+        self.routes.clear()
         if durable and persist:
             self.store.put_definition(
                 "exchange", store_key(self.name, name), exchange.record()
@@ -228,6 +232,7 @@ class VHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        self.routes.clear()
         on_delete = getattr(exchange.impl, "on_delete", None)
         if on_delete is not None:  # x-delayed-message: held messages go
             on_delete()
@@ -320,6 +325,7 @@ class VHost:
             now_ms=self.now_ms(),
         )
         self.queues[name] = queue
+        self.routes.clear()
         self.on_queue_created(queue)
         if durable and not exclusive and persist:
             self.store.put_definition("queue", queue.key, self.queue_record(queue))
@@ -363,6 +369,7 @@ class VHost:
             return 0
         count = queue.message_count
         del self.queues[queue.name]
+        self.routes.clear()
         dest = Destination("queue", queue.name)
         for exchange in list(self.exchanges.values()):
             for binding in [b for b in exchange.impl.bindings() if b.destination == dest]:
@@ -400,6 +407,7 @@ class VHost:
                 f"operation not permitted on the default exchange"
             )
         added = exchange.impl.bind(dest, routing_key, arguments)
+        self.routes.clear()
         if added and persist and exchange.durable and dest_durable:
             self.store.put_definition(
                 "binding",
@@ -436,6 +444,7 @@ class VHost:
         if exchange is None:
             return
         if exchange.impl.unbind(dest, routing_key, arguments):
+            self.routes.clear()
             self._forget_binding(source, dest, routing_key, arguments)
             self._maybe_auto_delete(exchange)
 

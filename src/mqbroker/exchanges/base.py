@@ -76,6 +76,10 @@ def _thaw(value: Any) -> Any:
 class ExchangeType(abc.ABC):
     """One exchange's bindings and its matching rule."""
 
+    # True when ``route()`` looks at the routing key only, never at the
+    # headers: the router may then cache its answer per routing key.
+    key_only: ClassVar[bool] = True
+
     type_name: ClassVar[str]
 
     def __init__(self) -> None:

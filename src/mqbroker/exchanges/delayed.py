@@ -91,6 +91,7 @@ class DelayedExchange(ExchangeType):
     """Routing is the underlying type's; holding is ``HeldMessages``'."""
 
     type_name: ClassVar[str] = DELAYED_TYPE
+    key_only: ClassVar[bool] = False  # conservative: never cached
 
     def __init__(self, inner: ExchangeType | None = None) -> None:
         super().__init__()

@@ -96,6 +96,7 @@ def _compile(arguments: Mapping[str, Any]) -> _Spec:
 
 class HeadersExchange(ExchangeType):
     type_name: ClassVar[str] = "headers"
+    key_only: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -125,6 +125,19 @@ class ServerConnection:
 
     def next_event(self) -> Event | None:
         """Handle buffered input up to the next event; None: need data."""
+        if self.state is State.OPEN and not self._broken:
+            # The hot path: a whole publish + header + body in one pass.
+            fast = self._reader.next_publish(self.max_message_size)
+            if fast is not None:
+                channel = fast[0]
+                chan = self._channels.get(channel)
+                if chan is not None and chan.method is None and not chan.closing:
+                    self._reader.consume(fast[6])
+                    bits = fast[3]
+                    return ContentReceived(
+                        channel, fast[1], fast[2], bool(bits & 1),
+                        bool(bits & 2), fast[4], fast[5],
+                    )
         while True:
             if self.state is State.CLOSED or self._broken:
                 return None
@@ -390,7 +403,15 @@ class ServerConnection:
     def _finish_content(self, channel: int, chan: _Channel, body: bytes) -> Event:
         method = chan.method
         assert method is not None
-        event = ContentReceived(channel, method, chan.properties, body)
+        event = ContentReceived(
+            channel,
+            method.exchange,
+            method.routing_key,
+            bool(method.mandatory),
+            bool(method.immediate),
+            chan.properties,
+            body,
+        )
         chan.reset_content()
         return event
 
@@ -409,8 +430,17 @@ class ServerConnection:
         self.out += codec.HEARTBEAT_FRAME
 
     def data_to_send(self) -> bytes:
+        """Everything queued for the peer, as bytes (a copy)."""
         data = bytes(self.out)
         self.out.clear()
+        return data
+
+    def take_output(self) -> bytearray:
+        """Everything queued for the peer, without a copy: the buffer
+        itself is handed over and a fresh one started, so the writer can
+        send it while new output accumulates in the next one."""
+        data = self.out
+        self.out = bytearray()
         return data
 
     def is_channel_open(self, channel: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
 
 
@@ -47,14 +46,52 @@ class MethodReceived:
     method: PamqpMethod
 
 
-@dataclass(frozen=True, slots=True)
 class ContentReceived:
-    """A content-bearing method (basic.publish) with its header and body."""
+    """A basic.publish with its content header and body.
 
-    channel: int
-    method: commands.Basic.Publish
-    properties: bytes
-    body: bytes
+    A plain slotted class, not a frozen dataclass: one is built per
+    published message, and a frozen dataclass's ``__init__`` pays an
+    ``object.__setattr__`` call per field. The publish's fields are
+    carried flat, so the hot path never builds a pamqp method object.
+    """
+
+    __slots__ = (
+        "channel", "exchange", "routing_key", "mandatory", "immediate",
+        "properties", "body",
+    )
+
+    def __init__(
+        self,
+        channel: int,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        immediate: bool,
+        properties: bytes,
+        body: bytes,
+    ) -> None:
+        self.channel = channel
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.properties = properties
+        self.body = body
+
+    def __repr__(self) -> str:
+        return (
+            f"ContentReceived(channel={self.channel}, exchange={self.exchange!r}, "
+            f"routing_key={self.routing_key!r}, mandatory={self.mandatory}, "
+            f"immediate={self.immediate}, properties={self.properties!r}, "
+            f"body={self.body!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ContentReceived):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)

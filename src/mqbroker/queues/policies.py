@@ -312,6 +312,9 @@ class PolicyStore:
             self._winner(exchange.vhost, "exchange", exchange.name)
         )
         exchange.policy = dict(policy.definition) if policy is not None else None
+        vhost = self.broker.vhosts.get(exchange.vhost)
+        if vhost is not None:  # the alternate exchange may have changed
+            vhost.routes.clear()
 
     def reapply(self, vhost_name: str) -> None:
         vhost = self.broker.vhosts.get(vhost_name)

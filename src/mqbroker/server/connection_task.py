@@ -219,7 +219,7 @@ class ConnectionTask:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 while conn.out:
-                    data = conn.data_to_send()
+                    data = conn.take_output()
                     session.inflight = len(data)
                     try:
                         await self.stream.send_all(data)
