@@ -68,15 +68,30 @@ class FrameReader:
     __slots__ = ("_buf", "_pos", "frame_max")
 
     def __init__(self, frame_max: int) -> None:
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self.frame_max = frame_max
 
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        """Usually the buffer *is* the last read (no copy) or a small
+        leftover plus it: slices of ``bytes`` are one allocation where a
+        bytearray's are two, and every message takes three slices. A large
+        leftover (a big frame arriving in pieces) switches to a bytearray
+        that grows in place, so reassembly stays linear."""
+        buf, pos = self._buf, self._pos
+        left = len(buf) - pos
+        self._pos = 0
+        if not left:
+            self._buf = bytes(data)
+        elif isinstance(buf, bytearray):
+            del buf[:pos]
+            buf += data
+        elif left < 65536:
+            self._buf = buf[pos:] + data
+        else:
+            grown = bytearray(buf[pos:])
+            grown += data
+            self._buf = grown
 
     @property
     def buffered(self) -> int:
