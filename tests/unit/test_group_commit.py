@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from mqbroker.persistence import (
     GroupCommitter,
@@ -194,3 +195,45 @@ async def test_notify_before_run_is_not_lost() -> None:
         await confirms.wait_for(1)
         nursery.cancel_scope.cancel()
     assert confirms.epochs == [1]
+
+
+async def test_lazy_writes_wait_for_the_delay(mock_clock: trio.testing.MockClock) -> None:
+    """Writes nobody waits for (acks, delivery marks) are committed after
+    ``lazy_delay``, not at once: a commit of acks in flight would make the
+    next publisher confirm wait for two syncs."""
+    store = MemoryStore()
+    confirms = Confirms()
+    committer = GroupCommitter(store, confirms, lazy_delay=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        store.put_definition("vhost", "/", {})
+        committer.notify_lazy()
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(0.019)
+        await trio.testing.wait_all_tasks_blocked()
+        assert confirms.epochs == []
+        mock_clock.jump(0.002)
+        await trio.testing.wait_all_tasks_blocked()
+        assert confirms.epochs == [1]
+        nursery.cancel_scope.cancel()
+
+
+async def test_urgent_write_cuts_a_lazy_wait_short(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    confirms = Confirms()
+    committer = GroupCommitter(store, confirms, lazy_delay=10.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        store.put_definition("vhost", "/", {})  # an ack, say
+        committer.notify_lazy()
+        await trio.testing.wait_all_tasks_blocked()
+        assert confirms.epochs == []
+        store.enqueue("q", StoredEntry(1, 1), msg(1))  # a confirm waits
+        epoch = store.current_epoch
+        committer.notify()
+        await trio.testing.wait_all_tasks_blocked()
+        assert confirms.epochs == [epoch]  # both, at once, in one batch
+        assert trio.current_time() == 0
+        nursery.cancel_scope.cancel()

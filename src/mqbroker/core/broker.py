@@ -86,7 +86,15 @@ class Broker:
         # Everything up to ``committed_epoch`` is durable; writes made now
         # belong to ``write_epoch`` (the store's current batch).
         self.committed_epoch = 0
+        # Somebody waits for the writes made so far: commit them now.
         self.request_commit: Callable[[], None] = lambda: None
+        # Nobody waits (acks, delivery marks, publishes without confirms):
+        # commit soon, with the next urgent batch or after a short delay.
+        self.request_lazy_commit: Callable[[], None] = lambda: None
+        # Set when a publisher waits for a commit asked for in this pass:
+        # the server lets the committer start its write before it
+        # dispatches (the deliveries then overlap the write and its sync).
+        self.commit_urgent = False
         self.next_msg_id = store.max_msg_id() + 1
         self.started_at = time.time()
         # The server's timer task sleeps until ``next_deadline()``; this
@@ -156,7 +164,8 @@ class Broker:
         # Acks, delivery marks and declares write to the store too; a
         # commit is asked for after every pass so none waits for the next
         # publish (the committer does nothing when the batch is empty).
-        self.request_commit()
+        # Writes somebody waits for asked for an urgent commit already.
+        self.request_lazy_commit()
 
     def writable_again(self, session: Session) -> None:
         """A session's socket drained: its consumers may take more."""
@@ -340,7 +349,11 @@ class Broker:
                 if queue.consumers and len(queue.ready) > FLOW_HIGH_READY:
                     session.flow.add(queue)
         if durable:
-            self.request_commit()
+            if chan.confirm:
+                self.request_commit()
+                self.commit_urgent = True
+            else:
+                self.request_lazy_commit()
         if chan.confirm:
             if refused:
                 chan.nack_publish()

@@ -76,6 +76,7 @@ async def serve(
             on_recovered=alarms.store_recovered,
         )
         broker.request_commit = committer.notify
+        broker.request_lazy_commit = committer.notify_lazy
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
             await nursery.start(alarms.run)
