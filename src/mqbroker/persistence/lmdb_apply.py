@@ -66,7 +66,7 @@ def apply_batch(txn: Txn, dbs: Dbs, batch: WriteBatch) -> list[int]:
 
 def _old_msg_id(raw: bytes, key: bytes) -> int | None:
     try:
-        return rec.unpack_entry(raw, key).msg_id
+        return rec.entry_msg_id(raw, key)
     except StoreCorruptionError:
         return None
 

@@ -46,11 +46,22 @@ def id_from_key(key: bytes) -> int:
     return int.from_bytes(key, "big")
 
 
+_PREFIXES: dict[str, bytes] = {}
+
+
 def queue_prefix(queue: str) -> bytes:
+    """Encoded and checked once per queue name (every entry key needs it);
+    the cache starts over at 4,096 names."""
+    prefix = _PREFIXES.get(queue)
+    if prefix is not None:
+        return prefix
     raw = queue.encode()
     if _SEP in raw or len(raw) > MAX_NAME_BYTES:
         raise ValueError(f"invalid queue name for the store: {queue!r}")
-    return raw + _SEP
+    if len(_PREFIXES) >= 4096:
+        _PREFIXES.clear()
+    prefix = _PREFIXES[queue] = raw + _SEP
+    return prefix
 
 
 def entry_key(queue: str, seq: int) -> bytes:
@@ -76,8 +87,14 @@ def def_key(kind: str, key: str) -> bytes:
 
 
 # --- values -----------------------------------------------------------
+# msgpack.packb builds a Packer per call; one reused Packer is cheaper.
+# Packer.pack runs entirely under the GIL, so sharing it between the loop
+# thread and the committer's worker thread is safe.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def pack(obj: Any) -> bytes:
-    payload: bytes = msgpack.packb(obj, use_bin_type=True)
+    payload: bytes = _PACKER.pack(obj)
     return zlib.crc32(payload).to_bytes(4, "big") + payload
 
 
@@ -117,6 +134,16 @@ def pack_entry(entry: StoredEntry) -> bytes:
             entry.expires_at,
         ]
     )
+
+
+def entry_msg_id(raw: bytes, key: bytes) -> int:
+    """Only the message id of a stored entry (what a delete needs to
+    settle the body's reference count), without building the entry."""
+    fields = unpack(raw, "entry", key)
+    msg_id = fields[0] if isinstance(fields, list) and fields else None
+    if not isinstance(msg_id, int):
+        raise StoreCorruptionError("entry", key)
+    return msg_id
 
 
 def unpack_entry(raw: bytes, key: bytes) -> StoredEntry:
