@@ -108,6 +108,11 @@ class FrameReader:
     def next_frame(self) -> tuple[int, int, bytes] | None:
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 7:
+            if pos and pos == len(buf):
+                # all consumed: do not keep the last read (up to 256 KiB)
+                # alive while the connection sits idle
+                self._buf = b""
+                self._pos = 0
             return None
         ftype, channel, size = _HEADER.unpack_from(buf, pos)
         if size + FRAME_OVERHEAD > self.frame_max:
