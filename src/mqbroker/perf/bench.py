@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mqbroker.perf import cli
+from mqbroker.perf import cli, idle
 from mqbroker.perf.client import Connection
 
 RABBITMQ_DEFAULT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -51,6 +51,8 @@ class Scenario:
     # restart mqbroker before every run (RSS figures need a fresh process:
     # CPython keeps freed memory for reuse)
     fresh_broker: bool = False
+    # "perf": an mqbroker-perf run; "idle": perf/idle.py's connection count
+    runner: str = "perf"
 
 
 SCENARIOS: list[Scenario] = [
@@ -93,6 +95,10 @@ SCENARIOS: list[Scenario] = [
                     ("broker_rss_growth_mb", "MB", False, "", None,
                      "1,300"),
                     ("fill_rate", "msg/s", True, "", None, ""))),
+    Scenario("idle-connections",
+             "broker RSS per idle connection (300 connections, 1 channel each)",
+             ("--connections", "300"), "rss_per_connection_kb", "KiB",
+             higher_is_better=False, fresh_broker=True, runner="idle"),
 ]
 
 NULL_SCENARIOS: list[tuple[str, tuple[str, ...], str]] = [
@@ -199,6 +205,14 @@ def find_rabbitmq(url: str | None, explicit: bool) -> RabbitMQ | None:
 
 # --------------------------------------------------------------------------
 # running
+
+
+def run_idle(url: str, pid: int, argv: list[str]) -> dict[str, Any]:
+    count = int(argv[argv.index("--connections") + 1])
+    try:
+        return idle.measure(url, pid, count)
+    except Exception as exc:  # noqa: BLE001 - a failed run is a result
+        return {"errors": [f"{type(exc).__name__}: {exc}"]}
 
 
 def run_perf(url: str, pid: int, argv: list[str]) -> dict[str, Any]:
@@ -327,7 +341,8 @@ def log(msg: str) -> None:
 def summary_of(result: dict[str, Any]) -> str:
     keys = ("sent_rate", "received_rate", "confirmed_rate",
             "latency_p50_ms", "drain_rate", "broker_rss_backlog_mb",
-            "broker_rss_growth_mb", "lost", "duplicated", "remaining",
+            "broker_rss_growth_mb", "rss_per_connection_kb", "lost",
+            "duplicated", "remaining",
             "broker_cpu_us_per_msg", "producer_cpu_s", "consumer_cpu_s")
     parts = [f"{k}={result.get(k)}" for k in keys if k in result]
     if result.get("errors"):
@@ -387,12 +402,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for sc in scenarios:
         argv_ = list(sc.args)
-        if "--backlog" in argv_:
+        if sc.runner == "idle":
+            pass
+        elif "--backlog" in argv_:
             if args.quick:
                 argv_[argv_.index("--backlog") + 1] = "50000"
         else:
             argv_ += ["--time", str(seconds)]
-        argv_ += ["--drain-timeout", "20"]
+        if sc.runner == "perf":
+            argv_ += ["--drain-timeout", "20"]
         row_specs = [(sc.metric, sc.unit, sc.higher_is_better, sc.target,
                       sc.target_ratio, sc.issue_rabbitmq), *sc.extra]
         srows = [Row(sc.name, sc.title, m, u, h, t, tr, iss)
@@ -419,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                         broker.stop()
                         broker = MQBroker().start()
                         url, pid = broker.url, broker.pid
-                    res = run_perf(url, pid, argv_)
+                    runner = run_idle if sc.runner == "idle" else run_perf
+                    res = runner(url, pid, argv_)
                     res["run"] = i
                     per[name].append(res)
                     log(f"{sc.name:20s} run {i + 1}/{runs} {name:9s} "
