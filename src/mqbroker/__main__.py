@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseExceptionGroup as group:
         store_errors, rest = group.split(StoreError)
         if store_errors is not None:
-            for exc in store_errors.exceptions:
-                log.error("broker.failed", error=str(exc))
+            for failure in store_errors.exceptions:
+                log.error("broker.failed", error=str(failure))
             return 1
         interrupted, rest = group.split(KeyboardInterrupt)
         if rest is not None:

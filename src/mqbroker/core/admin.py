@@ -529,7 +529,7 @@ def move_batch(
     ready = source.ready
     examined: list[QueueEntry] = []
     last_pos = -1
-    moves: list[tuple[QueueEntry, Message, str, str, list[Queue]]] = []
+    moves: list[tuple[QueueEntry, Message, str, str, tuple[Queue, ...]]] = []
     result.done = True
     for pos, entry in enumerate(entries(source)):
         if entry.seq <= after:

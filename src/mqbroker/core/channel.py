@@ -105,7 +105,7 @@ def with_delivery_count(message: Message, count: int) -> Message:
     for name in commands.Basic.Properties.__slots__:
         setattr(copy, name, getattr(props, name, None))
     copy.cluster_id = ""
-    headers = dict(props.headers or {})
+    headers: dict[str, Any] = dict(props.headers or {})
     headers["x-delivery-count"] = Typed("l", count)
     copy.headers = headers
     return message.with_properties(copy)

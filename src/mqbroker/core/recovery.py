@@ -66,9 +66,10 @@ def recover(broker: Broker) -> dict[str, int]:
             release()
         broker.schedule(queue)
     for _, record in store.definitions("binding"):
-        vhost = broker.vhosts.get(record["vhost"])
-        if vhost is None:
+        bound_in = broker.vhosts.get(record["vhost"])
+        if bound_in is None:
             continue
+        vhost = bound_in
         dest = Destination(record["destination_type"], record["destination"])
         try:
             vhost.bind(

@@ -192,9 +192,9 @@ class Session:
             elif isinstance(event, ChannelOpened):
                 self.channels[event.channel] = Channel(self, event.channel)
             elif isinstance(event, ChannelClosed):
-                chan = self.channels.pop(event.channel, None)
-                if chan is not None:
-                    chan.close()
+                closed = self.channels.pop(event.channel, None)
+                if closed is not None:
+                    closed.close()
             elif isinstance(event, StartOk):
                 self.user = self.broker.access.authenticate(self, event.mechanism, event.response)
                 self.conn.accept_auth()
@@ -462,7 +462,7 @@ def _consume(s: Session, chan: Channel, m: commands.Basic.Consume) -> None:
 
 @handles(commands.Basic.Cancel)
 def _cancel(s: Session, chan: Channel, m: commands.Basic.Cancel) -> None:
-    consumer = chan.consumers.get(m.consumer_tag)
+    consumer = chan.consumers.get(m.consumer_tag or "")
     if consumer is not None:
         s.remove_consumer(consumer)
     elif m.consumer_tag == chan.reply_tag:
@@ -505,7 +505,7 @@ def _nack(s: Session, chan: Channel, m: commands.Basic.Nack) -> None:
 
 @handles(commands.Basic.Reject)
 def _reject(s: Session, chan: Channel, m: commands.Basic.Reject) -> None:
-    _settle(s, chan, "nack", m.delivery_tag, False, m.requeue)
+    _settle(s, chan, "nack", m.delivery_tag or 0, False, m.requeue)
 
 
 @handles(commands.Basic.Recover)

@@ -192,7 +192,7 @@ def find_rabbitmq(url: str | None, explicit: bool) -> RabbitMQ | None:
     pid = cli.find_listener_pid(url)
     if pid and not explicit:
         try:
-            import psutil
+            import psutil  # type: ignore[import-untyped]
 
             name = psutil.Process(pid).name()
         except Exception:  # noqa: BLE001

@@ -144,7 +144,7 @@ def find_listener_pid(url: str) -> int:
     """The pid of the local process listening on the URL's port (0 if it
     cannot be told: remote host, or not permitted)."""
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         u = URL.parse(url)
         if u.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
@@ -299,7 +299,7 @@ def queue_depth(conn: Connection, plan: Plan) -> int:
     for q in plan.queues:
         ok = conn.queue_declare(1, q, durable=plan.args.persistent,
                                 passive=True)
-        total += int(ok.message_count)
+        total += int(ok.message_count or 0)
     return total
 
 

@@ -199,9 +199,10 @@ class Connection:
                       passive: bool = False,
                       arguments: dict[str, Any] | None = None
                       ) -> commands.Queue.DeclareOk:
-        return self.rpc(channel, commands.Queue.Declare(
+        ok: commands.Queue.DeclareOk = self.rpc(channel, commands.Queue.Declare(
             queue=name, durable=durable, passive=passive,
             arguments=arguments or {}), commands.Queue.DeclareOk)
+        return ok
 
     def queue_bind(self, channel: int, queue: str, exchange: str,
                    routing_key: str) -> None:

@@ -16,7 +16,7 @@ from mqbroker.perf.client import Connection
 
 
 def _rss_mb(pid: int) -> float:
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 

@@ -270,7 +270,8 @@ def decode_method(payload: bytes) -> PamqpMethod:
         raise errors.NotImplemented_(
             f"unknown method class {class_id} method {method_id}"
         )
-    method = cls()
+    method: PamqpMethod = cls()
+    name = method.name
     try:
         method.unmarshal(payload[4:])
     except (
@@ -283,10 +284,10 @@ def decode_method(payload: bytes) -> PamqpMethod:
     ) as exc:
         if "Unknown type" in str(exc):  # a field table with a bad type tag
             raise errors.SyntaxError_(
-                f"cannot decode {cls.name}: {exc}", class_id, method_id
+                f"cannot decode {name}: {exc}", class_id, method_id
             ) from exc
         raise errors.FrameError(
-            f"cannot decode {cls.name}: {exc}", class_id, method_id
+            f"cannot decode {name}: {exc}", class_id, method_id
         ) from exc
     return method
 

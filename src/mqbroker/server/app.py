@@ -19,12 +19,12 @@ from mqbroker.log import get_logger
 from mqbroker.persistence import GroupCommitter, open_store
 from mqbroker.server.alarms import Alarms
 from mqbroker.server.connection_task import ConnectionTask
-from mqbroker.server.tls import make_server_context, tls_enabled
 from mqbroker.server.timers import (
     run_consumer_timeouts,
     run_release_map,
     run_timers,
 )
+from mqbroker.server.tls import make_server_context, tls_enabled
 
 log = get_logger("mqbroker.server")
 
@@ -100,12 +100,12 @@ async def serve(
             management_port = None
             if config.management_port is not None:
                 try:
-                    from mqbroker.management.http import serve_management
+                    from mqbroker.management import http as management
                 except ImportError:  # management not installed/built yet
-                    serve_management = None
-                if serve_management is not None:
+                    management = None  # type: ignore[assignment]
+                if management is not None:
                     management_port = await nursery.start(
-                        serve_management, broker, config
+                        management.serve_management, broker, config
                     )
             log.info(
                 "broker.listening",
