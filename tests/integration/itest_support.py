@@ -8,7 +8,6 @@ import struct
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -19,6 +18,8 @@ from pamqp import constants as pconst
 from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
+
+from amqp_support import Cleanup, pika_params
 
 # Default bound for anything that waits on the broker.
 WAIT = 10.0
@@ -34,63 +35,6 @@ def unique_name(prefix: str = "t") -> str:
 
 
 # ---------------------------------------------------------------- pika
-
-
-def pika_params(broker: Any, **overrides: Any) -> pika.ConnectionParameters:
-    kwargs: dict[str, Any] = dict(
-        host=broker.host,
-        port=broker.port,
-        virtual_host=broker.vhost,
-        credentials=pika.PlainCredentials(broker.user, broker.password),
-        connection_attempts=1,
-        socket_timeout=5,
-        stack_timeout=10,
-        blocked_connection_timeout=10,
-        heartbeat=30,
-    )
-    kwargs.update(overrides)
-    return pika.ConnectionParameters(**kwargs)
-
-
-@dataclass
-class Cleanup:
-    broker: Any
-    queues: list[str] = field(default_factory=list)
-    exchanges: list[str] = field(default_factory=list)
-
-    def queue(self, name: str) -> str:
-        self.queues.append(name)
-        return name
-
-    def exchange(self, name: str) -> str:
-        self.exchanges.append(name)
-        return name
-
-    def run(self) -> None:
-        if not (self.queues or self.exchanges):
-            return
-        try:
-            conn = pika.BlockingConnection(pika_params(self.broker))
-        except Exception:
-            return
-        try:
-            for kind, names in (
-                ("queue", self.queues),
-                ("exchange", self.exchanges),
-            ):
-                for name in names:
-                    try:
-                        chan = conn.channel()
-                        if kind == "queue":
-                            chan.queue_delete(name)
-                        else:
-                            chan.exchange_delete(name)
-                        chan.close()
-                    except pika.exceptions.AMQPChannelError:
-                        pass
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 def wait_until(

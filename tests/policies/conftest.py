@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 from policy_support import (
-    Cleanup,
     PolicyBroker,
-    pika_params,
     start_embedded,
     unique,
 )
@@ -58,39 +55,6 @@ def inproc(broker: PolicyBroker) -> PolicyBroker:
     if broker.external:
         pytest.skip("needs the in-process mqbroker")
     return broker
-
-
-@pytest.fixture
-def connect(broker: PolicyBroker) -> Iterator[Callable[..., pika.BlockingConnection]]:
-    opened: list[pika.BlockingConnection] = []
-
-    def factory(**overrides: Any) -> pika.BlockingConnection:
-        conn = pika.BlockingConnection(pika_params(broker, **overrides))
-        opened.append(conn)
-        return conn
-
-    yield factory
-    for conn in opened:
-        with contextlib.suppress(Exception):
-            if conn.is_open:
-                conn.close()
-
-
-@pytest.fixture
-def conn(connect: Callable[..., pika.BlockingConnection]) -> pika.BlockingConnection:
-    return connect()
-
-
-@pytest.fixture
-def ch(conn: pika.BlockingConnection) -> Any:
-    return conn.channel()
-
-
-@pytest.fixture
-def cleanup(broker: PolicyBroker) -> Iterator[Cleanup]:
-    c = Cleanup(broker)
-    yield c
-    c.run()
 
 
 @dataclass

@@ -31,6 +31,8 @@ from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import heartbeat as pheartbeat
 
+from amqp_support import Cleanup, pika_params
+
 WAIT = 10.0
 
 
@@ -88,22 +90,6 @@ def start_embedded(data_dir: Path, **overrides: Any) -> PolicyBroker:
         host="127.0.0.1", port=running.port, data_dir=data_dir, embedded=running,
         config=config,
     )
-
-
-def pika_params(broker: Any, **overrides: Any) -> pika.ConnectionParameters:
-    kwargs: dict[str, Any] = dict(
-        host=broker.host,
-        port=broker.port,
-        virtual_host=broker.vhost,
-        credentials=pika.PlainCredentials(broker.user, broker.password),
-        connection_attempts=1,
-        socket_timeout=5,
-        stack_timeout=10,
-        blocked_connection_timeout=10,
-        heartbeat=30,
-    )
-    kwargs.update(overrides)
-    return pika.ConnectionParameters(**kwargs)
 
 
 def wait_until(
@@ -170,45 +156,6 @@ def text(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode()
     return value
-
-
-class Cleanup:
-    """Durable names to delete at teardown (an external broker is shared)."""
-
-    def __init__(self, broker: Any) -> None:
-        self.broker = broker
-        self.queues: list[str] = []
-        self.exchanges: list[str] = []
-
-    def queue(self, name: str) -> str:
-        self.queues.append(name)
-        return name
-
-    def exchange(self, name: str) -> str:
-        self.exchanges.append(name)
-        return name
-
-    def run(self) -> None:
-        if not (self.queues or self.exchanges):
-            return
-        try:
-            conn = pika.BlockingConnection(pika_params(self.broker))
-        except Exception:
-            return
-        try:
-            for name in self.queues:
-                with contextlib.suppress(Exception):
-                    ch = conn.channel()
-                    ch.queue_delete(name)
-                    ch.close()
-            for name in self.exchanges:
-                with contextlib.suppress(Exception):
-                    ch = conn.channel()
-                    ch.exchange_delete(name)
-                    ch.close()
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 # ------------------------------------------------------------ typed tables

@@ -589,5 +589,9 @@ def test_memory_watermark_blocks_a_flood(mqbroker_process: Any, tmp_path: Path) 
     figures = _run_watermark_flood(mqbroker_process, tmp_path, headroom=24 * MiB, limit=400_000)
     report("memory_watermark_flood", figures)
     assert figures["publisher_blocked"][:1] == ["low on memory"], figures
-    assert figures["over_watermark_mib"] < 32, figures
+    # The overshoot is what lands between two alarm checks plus the
+    # publisher's 2,000 unconfirmed messages. Alone it measured 11-24 MiB
+    # (before and after the hot-path work alike), 33 MiB once in a loaded
+    # full-suite run; without the alarm this flood grows by about 400 MiB.
+    assert figures["over_watermark_mib"] < 48, figures
     assert figures["confirmed_lost"] == 0 and figures["unexpected"] == 0, figures
