@@ -83,6 +83,9 @@ class Broker:
         self.dirty: dict[Queue, None] = {}
         self.to_flush: set[Session] = set()
         self.confirm_waiters: set[Channel] = set()
+        # msg_id -> [channel, publish seq, persisted entries not yet
+        # consumed] for confirm-mode publishes still waiting for a commit
+        self.unconfirmed: dict[int, list[Any]] = {}
         # Everything up to ``committed_epoch`` is durable; writes made now
         # belong to ``write_epoch`` (the store's current batch).
         self.committed_epoch = 0
@@ -336,6 +339,7 @@ class Broker:
             raise exc.with_method(60, 40)
         durable = False
         refused = False
+        written = 0
         if not queues:
             if method.mandatory:
                 self._return(session, chan, method, message)
@@ -344,6 +348,7 @@ class Broker:
             for queue in queues:
                 accepted, wrote = queue.offer(message, now, ttl)
                 durable |= wrote
+                written += wrote
                 refused |= not accepted
                 self.dirty[queue] = None
                 if queue.consumers and len(queue.ready) > FLOW_HIGH_READY:
@@ -357,9 +362,27 @@ class Broker:
         if chan.confirm:
             if refused:
                 chan.nack_publish()
+            elif durable:
+                seq = chan.add_confirm(self.write_epoch, message.msg_id)
+                self.unconfirmed[message.msg_id] = [chan, seq, written]
             else:
-                chan.add_confirm(self.write_epoch if durable else 0)
+                chan.add_confirm(0)
         return durable
+
+    def consumed(self, msg_id: int) -> None:
+        """A persisted entry of ``msg_id`` was acked (or delivered with
+        auto-ack). Once every queue it was written to has done so, its
+        publisher confirm need not wait for the commit: RabbitMQ confirms
+        a persistent message "when it is persisted to disk, or when it is
+        consumed on every queue". With fast consumers this is what makes
+        confirms come back before the fsync."""
+        pending = self.unconfirmed.get(msg_id)
+        if pending is None:
+            return
+        pending[2] -= 1
+        if pending[2] <= 0:
+            del self.unconfirmed[msg_id]
+            pending[0].confirm_consumed(pending[1])
 
     def _direct_reply(
         self, session: Session, chan: Channel, method: Any, message: Message

@@ -125,7 +125,11 @@ class Channel:
         self.global_prefetch = 0
         self.confirm = False
         self.next_publish_seq = 1
-        self.pending_confirms: deque[tuple[int, int]] = deque()
+        # (publish seq, store epoch it waits for, msg id or 0), in order
+        self.pending_confirms: deque[tuple[int, int, int]] = deque()
+        # seqs whose messages were consumed on every queue before their
+        # commit (Broker.consumed): confirmed without waiting for it
+        self.consumed_seqs: set[int] = set()
         self.tx = False
         self.tx_publishes: list[Any] = []
         self.tx_acks: list[tuple[str, int, bool, bool]] = []
@@ -162,6 +166,8 @@ class Channel:
         )
         if consumer.no_ack:
             queue.settle(entry)
+            if entry.persisted:
+                session.broker.consumed(entry.msg_id)
         else:
             consumer.unacked += 1
             self.unacked[tag] = Delivery(queue, entry, consumer, session.broker.clock())
@@ -244,9 +250,13 @@ class Channel:
     def ack(self, tag: int, multiple: bool) -> bool:
         """Settle; True when a durable store write resulted."""
         wrote = False
+        broker = self.session.broker
         for delivery in self._take(tag, multiple):
-            delivery.queue.settle(delivery.entry)
-            wrote |= delivery.entry.persisted
+            entry = delivery.entry
+            delivery.queue.settle(entry)
+            if entry.persisted:
+                wrote = True
+                broker.consumed(entry.msg_id)
             self._released(delivery)
         return wrote
 
@@ -279,8 +289,9 @@ class Channel:
 
     # --------------------------------------------------------- confirms
 
-    def add_confirm(self, epoch: int) -> int:
-        """Register one publish; returns its sequence number."""
+    def add_confirm(self, epoch: int, msg_id: int = 0) -> int:
+        """Register one publish; returns its sequence number. ``msg_id``:
+        the message, when it may be confirmed early (``confirm_consumed``)."""
         seq = self.next_publish_seq
         self.next_publish_seq = seq + 1
         if epoch <= self.session.broker.committed_epoch and not self.pending_confirms:
@@ -289,9 +300,22 @@ class Channel:
             )
             self.session.output_ready()
         else:
-            self.pending_confirms.append((seq, epoch))
+            self.pending_confirms.append((seq, epoch, msg_id))
             self.session.broker.confirm_waiters.add(self)
         return seq
+
+    def confirm_consumed(self, seq: int) -> None:
+        """Publish ``seq`` was consumed on every queue before its commit:
+        it is confirmed as soon as every earlier publish is (confirms stay
+        in order, one cumulative basic.ack)."""
+        if self.closed:
+            return
+        self.consumed_seqs.add(seq)
+        pending = self.pending_confirms
+        if pending and pending[0][0] == seq:
+            broker = self.session.broker
+            if self.flush_confirms(broker.committed_epoch):
+                broker.confirm_waiters.discard(self)
 
     def nack_publish(self) -> int:
         """A publish that failed (e.g. reject-publish overflow)."""
@@ -308,11 +332,17 @@ class Channel:
     def flush_confirms(self, committed: int) -> bool:
         """Ack every pending seq whose epoch is durable; True when done."""
         pending = self.pending_confirms
+        consumed = self.consumed_seqs
+        unconfirmed = self.session.broker.unconfirmed
         last = 0
         count = 0
-        while pending and pending[0][1] <= committed:
-            last = pending.popleft()[0]
+        while pending and (pending[0][1] <= committed or pending[0][0] in consumed):
+            last, _, msg_id = pending.popleft()
             count += 1
+            if consumed:
+                consumed.discard(last)
+            if msg_id:
+                unconfirmed.pop(msg_id, None)
         if count and not self.closed:
             self.session.conn.send_method(
                 self.id, commands.Basic.Ack(delivery_tag=last, multiple=count > 1)
@@ -334,7 +364,12 @@ class Channel:
             self.session.remove_consumer(consumer)
         self.consumers.clear()
         self.recover()
+        unconfirmed = self.session.broker.unconfirmed
+        for _, _, msg_id in self.pending_confirms:
+            if msg_id:
+                unconfirmed.pop(msg_id, None)
         self.pending_confirms.clear()
+        self.consumed_seqs.clear()
         self.tx_commit_epochs.clear()
         self.session.broker.confirm_waiters.discard(self)
         self.session.broker.direct_reply.cancel(self)
