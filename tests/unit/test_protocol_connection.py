@@ -982,3 +982,22 @@ def test_send_helpers_and_data_to_send_drains() -> None:
         "Deliver",
     ]
     assert pair.output() == b""
+
+
+def test_large_bodies_are_queued_in_order_without_a_copy() -> None:
+    pair = opened()
+    conn = pair.conn
+    conn.send_raw(b"a")
+    body = b"B" * 20000
+    conn.add_body(body)
+    conn.send_raw(b"c")
+    conn.add_body(b"D" * 5)
+    assert conn.output_size == 1 + 20000 + 1 + 5
+    chunks = conn.take_output()
+    assert chunks[1] is body  # the very object: not copied
+    assert b"".join(chunks) == b"a" + body + b"c" + b"D" * 5
+    assert conn.output_size == 0 and conn.take_output() == []
+    conn.add_body(body)
+    conn.send_raw(b"e")
+    assert conn.data_to_send() == body + b"e"
+    assert conn.output_size == 0

@@ -153,17 +153,33 @@ class Channel:
             message = with_delivery_count(message, entry.delivery_count)
         session = self.session
         conn = session.conn
-        codec.write_delivery(
-            conn.out,
-            self.id,
-            consumer.prefix,
-            tag,
-            entry.redelivered,
-            codec.route_suffix(message.exchange, message.routing_key),
-            message.properties_raw,
-            message.body,
-            conn.frame_max,
-        )
+        body = message.body
+        size = len(body)
+        if size >= codec.LARGE_BODY and size <= conn.frame_max - codec.FRAME_OVERHEAD:
+            codec.write_delivery_head(
+                conn.out,
+                self.id,
+                consumer.prefix,
+                tag,
+                entry.redelivered,
+                codec.route_suffix(message.exchange, message.routing_key),
+                message.properties_raw,
+                size,
+            )
+            conn.add_body(body)
+            conn.out += codec.FRAME_END_BYTE
+        else:
+            codec.write_delivery(
+                conn.out,
+                self.id,
+                consumer.prefix,
+                tag,
+                entry.redelivered,
+                codec.route_suffix(message.exchange, message.routing_key),
+                message.properties_raw,
+                body,
+                conn.frame_max,
+            )
         if consumer.no_ack:
             queue.settle(entry)
             if entry.persisted:

@@ -89,7 +89,7 @@ class Session:
 
     @property
     def writable(self) -> bool:
-        return len(self.conn.out) + self.inflight < self.broker.config.output_high_water_bytes
+        return self.conn.output_size + self.inflight < self.broker.config.output_high_water_bytes
 
     def output_ready(self) -> None:
         self.broker.to_flush.add(self)

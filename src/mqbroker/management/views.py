@@ -375,7 +375,7 @@ def connection_json(stats: Stats, session: Session) -> dict[str, Any]:
         "timeout": getattr(conn, "heartbeat", None),
         "client_properties": client,
         "connected_at": int(connected * 1000),
-        "send_pend": len(conn.out),
+        "send_pend": conn.output_size,
     }
     if isinstance(client, dict) and client.get("connection_name"):
         out["user_provided_name"] = client["connection_name"]

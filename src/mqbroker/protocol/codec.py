@@ -408,6 +408,35 @@ def route_suffix(exchange: str, routing_key: str) -> bytes:
     return suffix
 
 
+# Bodies at least this large are not copied into the output buffer: the
+# connection queues them as buffers of their own (ServerConnection.add_body)
+# and the writer hands the socket a list of buffers.
+LARGE_BODY = 16 * 1024
+
+
+def write_delivery_head(
+    out: bytearray,
+    channel: int,
+    prefix: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    suffix: bytes,
+    properties: bytes,
+    size: int,
+) -> None:
+    """``write_delivery`` up to the body bytes of a one-frame body: the
+    caller appends the body and the final frame-end octet."""
+    out += _HEADER.pack(FRAME_METHOD, channel, len(prefix) + 9 + len(suffix))
+    out += prefix
+    out += _DELIVER_TAIL.pack(delivery_tag, 1 if redelivered else 0)
+    out += suffix
+    out += _END_CONTENT_HEAD.pack(
+        FRAME_END, FRAME_HEADER, channel, 12 + len(properties), 60, 0, size
+    )
+    out += properties
+    out += _END_HEADER.pack(FRAME_END, FRAME_BODY, channel, size)
+
+
 def write_delivery(
     out: bytearray,
     channel: int,
@@ -525,6 +554,8 @@ __all__ = [
     "method_frame",
     "write_content",
     "write_delivery",
+    "write_delivery_head",
+    "LARGE_BODY",
     "deliver_prefix",
     "route_suffix",
     "deliver_method",

@@ -113,6 +113,10 @@ class ServerConnection:
         self._reader = codec.FrameReader(codec.FRAME_MIN_SIZE)
         self._channels: dict[int, _Channel] = {}
         self.out = bytearray()
+        # Output before ``out``: sealed buffers and large bodies, queued
+        # as they are so a 64 KB body is never copied (``add_body``).
+        self._queued: list[bytes | bytearray] = []
+        self._queued_bytes = 0
         # Set when the frame reader fails (bad frame-end octet, oversized
         # frame): the reader has not consumed the bad frame and the stream
         # has lost its framing, so nothing after it can be parsed.
@@ -429,19 +433,40 @@ class ServerConnection:
     def send_heartbeat(self) -> None:
         self.out += codec.HEARTBEAT_FRAME
 
+    def add_body(self, body: bytes) -> None:
+        """Queue a large body after what ``out`` holds, without copying
+        it; later output goes to a fresh ``out``."""
+        if self.out:
+            self._queued.append(self.out)
+            self._queued_bytes += len(self.out)
+            self.out = bytearray()
+        self._queued.append(body)
+        self._queued_bytes += len(body)
+
+    @property
+    def output_size(self) -> int:
+        """Bytes queued for the peer and not yet taken by the writer."""
+        return self._queued_bytes + len(self.out)
+
     def data_to_send(self) -> bytes:
         """Everything queued for the peer, as bytes (a copy)."""
-        data = bytes(self.out)
-        self.out.clear()
-        return data
-
-    def take_output(self) -> bytearray:
-        """Everything queued for the peer, without a copy: the buffer
-        itself is handed over and a fresh one started, so the writer can
-        send it while new output accumulates in the next one."""
-        data = self.out
+        data = b"".join([*self._queued, self.out])
+        self._queued = []
+        self._queued_bytes = 0
         self.out = bytearray()
         return data
+
+    def take_output(self) -> list[bytes | bytearray]:
+        """Everything queued for the peer as a list of buffers, without a
+        copy: the writer sends them (one ``sendmsg``) while new output
+        accumulates in a fresh buffer."""
+        chunks = self._queued
+        if self.out:
+            chunks.append(self.out)
+        self._queued = []
+        self._queued_bytes = 0
+        self.out = bytearray()
+        return chunks
 
     def is_channel_open(self, channel: int) -> bool:
         chan = self._channels.get(channel)

@@ -30,6 +30,7 @@ FLOW_POLL_S = 0.002  # how often a throttled publisher re-checks its queues
 FLOW_STALL_S = 0.2  # consumers idle this long do not hold publishers back
 READ_SIZE = 256 * 1024  # one read may carry hundreds of small publishes
 CLOSE_TIMEOUT_S = 3.0  # how long we wait for the peer's close-ok
+SENDMSG_BUFFERS = 512  # buffers per sendmsg call (Linux IOV_MAX is 1024)
 
 
 class ConnectionTask:
@@ -223,11 +224,11 @@ class ConnectionTask:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                while conn.out:
-                    data = conn.take_output()
-                    session.inflight = len(data)
+                while conn.output_size:
+                    chunks = conn.take_output()
+                    session.inflight = sum(map(len, chunks))
                     try:
-                        await self.stream.send_all(data)
+                        await self._send(chunks)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         self._finished = True
                         return
@@ -235,7 +236,7 @@ class ConnectionTask:
                         session.inflight = 0
                     self.last_sent = trio.current_time()
                     if (
-                        len(conn.out)
+                        conn.output_size
                         < self.broker.config.output_low_water_bytes
                     ):
                         self._writable.set()
@@ -246,6 +247,31 @@ class ConnectionTask:
             self._writer_done.set()
             self._writable.set()
             self._unblocked.set()
+
+    async def _send(self, chunks: list[bytes | bytearray]) -> None:
+        """One pass's output. Several buffers (large bodies are queued
+        uncopied) go to a plain socket with ``sendmsg``, as many per call
+        as the kernel takes; TLS streams get them one by one."""
+        if len(chunks) == 1:
+            await self.stream.send_all(chunks[0])
+            return
+        if not isinstance(self.stream, trio.SocketStream):
+            for chunk in chunks:
+                await self.stream.send_all(chunk)
+            return
+        sock = self.stream.socket
+        views = [memoryview(chunk) for chunk in chunks]
+        first = 0
+        while first < len(views):
+            sent = await sock.sendmsg(views[first : first + SENDMSG_BUFFERS])
+            while sent:
+                size = len(views[first])
+                if sent >= size:
+                    sent -= size
+                    first += 1
+                else:
+                    views[first] = views[first][sent:]
+                    sent = 0
 
     # -------------------------------------------------------- heartbeat
 
