@@ -152,34 +152,15 @@ class Channel:
         if entry.delivery_count and queue.settings.counts_deliveries:
             message = with_delivery_count(message, entry.delivery_count)
         session = self.session
-        conn = session.conn
-        body = message.body
-        size = len(body)
-        if size >= codec.LARGE_BODY and size <= conn.frame_max - codec.FRAME_OVERHEAD:
-            codec.write_delivery_head(
-                conn.out,
-                self.id,
-                consumer.prefix,
-                tag,
-                entry.redelivered,
-                codec.route_suffix(message.exchange, message.routing_key),
-                message.properties_raw,
-                size,
-            )
-            conn.add_body(body)
-            conn.out += codec.FRAME_END_BYTE
-        else:
-            codec.write_delivery(
-                conn.out,
-                self.id,
-                consumer.prefix,
-                tag,
-                entry.redelivered,
-                codec.route_suffix(message.exchange, message.routing_key),
-                message.properties_raw,
-                body,
-                conn.frame_max,
-            )
+        session.conn.send_delivery(
+            self.id,
+            consumer.prefix,
+            tag,
+            entry.redelivered,
+            codec.route_suffix(message.exchange, message.routing_key),
+            message.properties_raw,
+            message.body,
+        )
         if consumer.no_ack:
             queue.settle(entry)
             if entry.persisted:
@@ -195,9 +176,7 @@ class Channel:
         """A direct reply-to delivery: no queue, no ack, nothing stored."""
         tag = self.next_tag
         self.next_tag = tag + 1
-        conn = self.session.conn
-        codec.write_delivery(
-            conn.out,
+        self.session.conn.send_delivery(
             self.id,
             codec.deliver_prefix(consumer_tag),
             tag,
@@ -205,7 +184,6 @@ class Channel:
             codec.route_suffix(message.exchange, message.routing_key),
             message.properties_raw,
             message.body,
-            conn.frame_max,
         )
         self.session.output_ready()
 

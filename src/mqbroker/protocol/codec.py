@@ -414,29 +414,6 @@ def route_suffix(exchange: str, routing_key: str) -> bytes:
 LARGE_BODY = 16 * 1024
 
 
-def write_delivery_head(
-    out: bytearray,
-    channel: int,
-    prefix: bytes,
-    delivery_tag: int,
-    redelivered: bool,
-    suffix: bytes,
-    properties: bytes,
-    size: int,
-) -> None:
-    """``write_delivery`` up to the body bytes of a one-frame body: the
-    caller appends the body and the final frame-end octet."""
-    out += _HEADER.pack(FRAME_METHOD, channel, len(prefix) + 9 + len(suffix))
-    out += prefix
-    out += _DELIVER_TAIL.pack(delivery_tag, 1 if redelivered else 0)
-    out += suffix
-    out += _END_CONTENT_HEAD.pack(
-        FRAME_END, FRAME_HEADER, channel, 12 + len(properties), 60, 0, size
-    )
-    out += properties
-    out += _END_HEADER.pack(FRAME_END, FRAME_BODY, channel, size)
-
-
 def write_delivery(
     out: bytearray,
     channel: int,
@@ -447,11 +424,17 @@ def write_delivery(
     properties: bytes,
     body: bytes,
     frame_max: int,
-) -> None:
+    *,
+    body_separately: bool = False,
+) -> bool:
     """Append basic.deliver + content header + body frames to ``out``,
     byte-for-byte what pamqp would marshal, in a handful of appends:
     ``prefix`` (``deliver_prefix``) and ``suffix`` (``route_suffix``) are
-    pre-encoded, only the tag is packed per message."""
+    pre-encoded, only the tag is packed per message.
+
+    With ``body_separately`` a body that fits one frame is left out: the
+    function stops before it and returns True, and the caller queues the
+    body itself and then ``FRAME_END_BYTE`` (no copy of a large body)."""
     size = len(body)
     out += _HEADER.pack(FRAME_METHOD, channel, len(prefix) + 9 + len(suffix))
     out += prefix
@@ -463,11 +446,14 @@ def write_delivery(
         )
         out += properties
         out += _END_HEADER.pack(FRAME_END, FRAME_BODY, channel, size)
+        if body_separately:
+            return True
         out += body
         out += FRAME_END_BYTE
-        return
+        return False
     out += FRAME_END_BYTE
     write_content(out, channel, properties, body, frame_max)
+    return False
 
 
 def deliver_method(
@@ -554,7 +540,6 @@ __all__ = [
     "method_frame",
     "write_content",
     "write_delivery",
-    "write_delivery_head",
     "LARGE_BODY",
     "deliver_prefix",
     "route_suffix",

@@ -433,6 +433,26 @@ class ServerConnection:
     def send_heartbeat(self) -> None:
         self.out += codec.HEARTBEAT_FRAME
 
+    def send_delivery(
+        self,
+        channel: int,
+        prefix: bytes,
+        delivery_tag: int,
+        redelivered: bool,
+        suffix: bytes,
+        properties: bytes,
+        body: bytes,
+    ) -> None:
+        """basic.deliver + content (see ``codec.write_delivery``); a body of
+        ``codec.LARGE_BODY`` or more is queued as it is, not copied."""
+        if codec.write_delivery(
+            self.out, channel, prefix, delivery_tag, redelivered, suffix,
+            properties, body, self.frame_max,
+            body_separately=len(body) >= codec.LARGE_BODY,
+        ):
+            self.add_body(body)
+            self.out += codec.FRAME_END_BYTE
+
     def add_body(self, body: bytes) -> None:
         """Queue a large body after what ``out`` holds, without copying
         it; later output goes to a fresh ``out``."""
