@@ -94,10 +94,6 @@ class Broker:
         # Nobody waits (acks, delivery marks, publishes without confirms):
         # commit soon, with the next urgent batch or after a short delay.
         self.request_lazy_commit: Callable[[], None] = lambda: None
-        # Set when a publisher waits for a commit asked for in this pass:
-        # the server lets the committer start its write before it
-        # dispatches (the deliveries then overlap the write and its sync).
-        self.commit_urgent = False
         self.next_msg_id = store.max_msg_id() + 1
         self.started_at = time.time()
         # The server's timer task sleeps until ``next_deadline()``; this
@@ -356,7 +352,6 @@ class Broker:
         if durable:
             if chan.confirm:
                 self.request_commit()
-                self.commit_urgent = True
             else:
                 self.request_lazy_commit()
         if chan.confirm:

@@ -14,7 +14,7 @@ delivery marks, persistent publishes without confirms): they are committed
 within ``lazy_delay`` or with the next urgent batch, whichever comes first.
 Without the distinction, a commit of acks would often be in flight when a
 publisher's window arrived, and its confirms would wait for two syncs
-instead of one (measured: confirm p50 5.5 ms -> see docs/performance.md).
+instead of one (docs/performance.md, step 3, has the timeline).
 A crash may then bring back messages acked in the last ``lazy_delay``:
 at-least-once, as in RabbitMQ, which does not sync acks either.
 

@@ -185,11 +185,6 @@ class ConnectionTask:
                 session.report(errors.InternalError(type(exc).__name__), 0)
             if not was_closing and conn.state is State.CLOSING:
                 self._closing_since = trio.current_time()
-            if self.broker.commit_urgent:
-                # Confirms wait for a commit: let the committer hand its
-                # batch to the writer thread before the deliveries run.
-                self.broker.commit_urgent = False
-                await trio.lowlevel.checkpoint()
             if not self._logged_open and conn.state is State.OPEN:
                 self._logged_open = True
                 log.info(
