@@ -13,15 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import commands
 
-from mqbroker.core.message import Message
+from mqbroker.model.headers import edit_headers, with_header
+from mqbroker.model.message import Message
 from mqbroker.protocol import codec
 from mqbroker.protocol.table import Typed
-from mqbroker.queues.deadletter import (
-    dead_letter_properties,
-    edit_headers,
-    is_cycle,
-    with_header,
-)
+from mqbroker.queues.deadletter import dead_letter_properties, is_cycle
 
 
 def _fits(s: str) -> bool:

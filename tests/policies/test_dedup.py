@@ -19,7 +19,7 @@ from policy_support import (
     start_embedded,
 )
 
-from mqbroker.queues.dedup import DedupCache
+from mqbroker.model.dedup import DedupCache
 
 pytestmark = [pytest.mark.timeout(60)]
 

@@ -27,7 +27,7 @@ from policy_support import (
     wait_until,
 )
 
-from mqbroker.queues.policies import PolicyError
+from mqbroker.broker.policies import PolicyError
 
 pytestmark = pytest.mark.timeout(90)
 

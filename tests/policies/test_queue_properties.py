@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 )
 from pamqp import commands
 
-from mqbroker.core.message import Message
+from mqbroker.model.message import Message
 from mqbroker.persistence import LmdbStore, MemoryStore
 from mqbroker.protocol.table import encode_properties
 from mqbroker.queues.queue import Queue, QueueEntry

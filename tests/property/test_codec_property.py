@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pamqp import commands, constants
 from pamqp import body as pamqp_body
+from pamqp import commands, constants
 from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 

@@ -19,7 +19,7 @@ import pytest
 from pamqp import commands
 from sec_support import RawClient, close_code, wait_until
 
-from mqbroker.core.access import Permission, is_loopback, resource_name
+from mqbroker.broker.access import Permission, is_loopback, resource_name
 
 # ------------------------------------------------------------ helpers
 

@@ -254,7 +254,7 @@ def test_random_streams_leave_nothing_behind(live: tuple[Any, Healthy]) -> None:
     """Runs after the hypothesis test in this module has had its turn on
     its own broker; here: a fixed mix, then the leak check."""
     b, healthy = live
-    for i, (_, tail, _) in enumerate(CASES * 3):
+    for _, tail, _ in CASES * 3:
         _send_and_half_close(b, [HANDSHAKE, tail])
     assert_only_healthy_left(b, healthy)
 

@@ -39,9 +39,9 @@ from pamqp import frame as pframe
 from pamqp import heartbeat as pheartbeat
 
 from mqbroker import errors
+from mqbroker.broker.broker import Broker
+from mqbroker.broker.session import Session
 from mqbroker.config import Config
-from mqbroker.core.broker import Broker
-from mqbroker.core.session import Session
 from mqbroker.persistence.memory import MemoryStore
 from mqbroker.protocol.connection import ServerConnection, State
 from mqbroker.protocol.events import OpenRequested, StartOk

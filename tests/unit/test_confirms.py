@@ -20,9 +20,9 @@ from protocol_helpers import (
     publish_frames,
 )
 
+from mqbroker.broker.broker import Broker
+from mqbroker.broker.session import Session
 from mqbroker.config import Config
-from mqbroker.core.broker import Broker
-from mqbroker.core.session import Session
 from mqbroker.persistence import LmdbStore
 from mqbroker.protocol.connection import ServerConnection
 
@@ -104,7 +104,7 @@ def test_consumed_message_is_confirmed_before_its_commit(broker: Broker) -> None
     (tag,) = _deliveries(consumer)
     consumer.send(method(1, commands.Basic.Ack(delivery_tag=tag)))
     assert publisher.acks() == [(1, False)]  # ... or for its consumption
-    assert broker.unconfirmed == {}
+    assert broker.confirms.early == {}
     _commit(broker)
     assert publisher.acks() == []  # never twice
 
@@ -117,7 +117,7 @@ def test_unconsumed_message_waits_for_the_commit(broker: Broker) -> None:
     assert publisher.acks() == []  # requeued is not consumed
     _commit(broker)
     assert publisher.acks() == [(1, False)]
-    assert broker.unconfirmed == {}
+    assert broker.confirms.early == {}
 
 
 def test_every_queue_must_have_consumed_it(broker: Broker) -> None:
@@ -150,8 +150,8 @@ def test_confirms_stay_in_order(broker: Broker) -> None:
 def test_closed_publisher_channel_leaves_nothing_behind(broker: Broker) -> None:
     publisher, consumer = _setup(broker, ["q"])
     publisher.send(publish_frames(1, b"m1", routing_key="q", properties=PERSISTENT))
-    assert len(broker.unconfirmed) == 1
+    assert len(broker.confirms.early) == 1
     publisher.send(method(1, commands.Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0)))
-    assert broker.unconfirmed == {}
+    assert broker.confirms.early == {}
     (tag,) = _deliveries(consumer)
     consumer.send(method(1, commands.Basic.Ack(delivery_tag=tag)))  # no error

@@ -10,10 +10,10 @@ the invalidation were missing.
 
 from __future__ import annotations
 
+from mqbroker.broker.broker import Broker
+from mqbroker.broker.router import ROUTE_CACHE_MAX, route
+from mqbroker.broker.vhost import VHost
 from mqbroker.config import Config
-from mqbroker.core.broker import Broker
-from mqbroker.core.router import ROUTE_CACHE_MAX, route
-from mqbroker.core.vhost import VHost
 from mqbroker.exchanges.base import Destination
 from mqbroker.persistence.memory import MemoryStore
 

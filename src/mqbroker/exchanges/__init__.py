@@ -11,6 +11,9 @@ from .headers import HeadersExchange
 from .registry import EXCHANGE_TYPES, exchange_type, register
 from .topic import TopicExchange
 
+# Types that register themselves beyond the four AMQP ones.
+from . import dedup, delayed  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "EXCHANGE_TYPES",
     "Binding",

@@ -6,14 +6,26 @@ graph: destinations are opaque hashable keys, and the router
 (``core/router.py``) walks exchange-to-exchange edges, alternate exchanges
 and CC/BCC itself. This mirrors ``rabbit_exchange_type`` (route, validate,
 add/remove binding) so each type stays one short file.
+
+A type that must see the whole message before routing (the delayed
+exchange holds it, the deduplicating one drops repeats) overrides
+``on_publish``; the publish pipeline runs every hook of an exchange
+(``Exchange.hooks``) and knows none of them by name. Hooks reach the broker
+only through ``PublishPort``, so this package imports nothing above it.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+if TYPE_CHECKING:
+    from mqbroker.exchanges.exchange import Exchange
+    from mqbroker.model.message import Message
+    from mqbroker.persistence.store import Store
 
 FieldTable = Mapping[str, Any]
 
@@ -73,6 +85,52 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+class Verdict(enum.Enum):
+    """What a publish hook decided."""
+
+    ROUTE = "route"  # go on: route the message now
+    DROP = "drop"  # route it nowhere (a duplicate): still confirmed
+    HELD = "held"  # kept by the exchange in memory, routed later
+    HELD_DURABLE = "held-durable"  # kept and written to the store
+
+
+class TimerTarget(Protocol):
+    """Something the broker's timer wakes at ``next_deadline()``."""
+
+    deleted: bool
+
+    def next_deadline(self) -> int | None: ...
+
+    def expire(self, now_ms: int) -> int: ...
+
+    def idle_expired(self, now_ms: int) -> bool: ...
+
+    def dispatch(self, now_ms: int) -> None: ...
+
+
+class PublishPort(Protocol):
+    """What a publish hook may ask of the broker (implemented by the
+    broker's publish pipeline)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def now_ms(self) -> int: ...
+
+    def new_msg_id(self) -> int: ...
+
+    def schedule(self, target: TimerTarget) -> None: ...
+
+    def request_commit(self) -> None: ...
+
+    def exchange_alive(self, exchange: Exchange) -> bool:
+        """The exchange is still declared (not deleted or replaced)."""
+
+    def release(self, exchange: Exchange, message: Message, keys: list[str]) -> bool:
+        """Route a message held earlier through the publish pipeline now;
+        True when that wrote to the durable store."""
+
+
 class ExchangeType(abc.ABC):
     """One exchange's bindings and its matching rule."""
 
@@ -85,8 +143,25 @@ class ExchangeType(abc.ABC):
     def __init__(self) -> None:
         self._bindings: set[Binding] = set()
 
+    # True when ``on_publish`` does something: the pipeline calls it then.
+    has_publish_hook: ClassVar[bool] = False
+
     def validate_binding(self, routing_key: str, arguments: FieldTable) -> None:
         """Raise an ``AMQPError`` (406) for a binding this type cannot hold."""
+
+    def on_publish(
+        self,
+        port: PublishPort,
+        exchange: Exchange,
+        message: Message,
+        keys: list[str],
+        headers: FieldTable | None,
+    ) -> Verdict:
+        """See the whole message before routing (``has_publish_hook``)."""
+        return Verdict.ROUTE
+
+    def on_delete(self) -> None:
+        """The exchange is being deleted."""
 
     def bind(
         self,

@@ -29,10 +29,13 @@ transient exchange, live in memory only, as with the plugin. Releasing a
 message writes its queue entries and removes the held entry in the same
 store batch (one transaction).
 
-Timers: each delayed exchange's ``HeldMessages`` looks like a queue to the
-broker's timer (``next_deadline``, ``expire``, ``idle_expired``,
-``dispatch``, ``deleted``), so ``broker.schedule(held)`` wakes it when the
-first message is due; there is one timer task for the whole broker.
+Timers: each delayed exchange's ``HeldMessages`` is a ``TimerTarget``
+(``next_deadline``, ``expire``, ``idle_expired``, ``dispatch``,
+``deleted``), so ``port.schedule(held)`` wakes it when the first message is
+due; there is one timer task for the whole broker. Holding is the type's
+publish hook (``on_publish``) and a release goes back through the publish
+pipeline (``PublishPort.release``), so this module imports nothing above
+the exchanges layer.
 """
 
 from __future__ import annotations
@@ -47,15 +50,19 @@ from mqbroker.exchanges.base import (
     Destination,
     ExchangeType,
     FieldTable,
+    PublishPort,
+    Verdict,
 )
 from mqbroker.exchanges.direct import DirectExchange
 from mqbroker.exchanges.registry import EXCHANGE_TYPES, register
+from mqbroker.model.headers import sender_keys, with_header
+from mqbroker.model.keys import name_of_key, store_key
+from mqbroker.model.message import Message
+from mqbroker.persistence.store import StoredEntry, StoredMessage
+from mqbroker.protocol.table import Typed
 
 if TYPE_CHECKING:
-    from mqbroker.core.broker import Broker
-    from mqbroker.core.exchange import Exchange
-    from mqbroker.core.message import Message
-    from mqbroker.core.vhost import VHost
+    from mqbroker.exchanges.exchange import Exchange
 
 DELAYED_TYPE = "x-delayed-message"
 HELD_PREFIX = "amq.delayed-"
@@ -92,6 +99,7 @@ class DelayedExchange(ExchangeType):
 
     type_name: ClassVar[str] = DELAYED_TYPE
     key_only: ClassVar[bool] = False  # conservative: never cached
+    has_publish_hook: ClassVar[bool] = True
 
     def __init__(self, inner: ExchangeType | None = None) -> None:
         super().__init__()
@@ -107,6 +115,28 @@ class DelayedExchange(ExchangeType):
                 "Invalid argument, 'x-delayed-type' must be an existing exchange type"
             )
         return cls(impl())
+
+    def on_publish(
+        self,
+        port: PublishPort,
+        exchange: Exchange,
+        message: Message,
+        keys: list[str],
+        headers: FieldTable | None,
+    ) -> Verdict:
+        """Hold a message with ``x-delay`` > 0; route anything else now."""
+        delay = delay_of(headers)
+        if delay <= 0:
+            return Verdict.ROUTE
+        held = self.held_messages(port, exchange)
+        if held.hold(message, keys, delay, port.now_ms()):
+            return Verdict.HELD_DURABLE
+        return Verdict.HELD
+
+    def held_messages(self, port: PublishPort, exchange: Exchange) -> HeldMessages:
+        if self.held is None or self.held.deleted:
+            self.held = HeldMessages(port, exchange)
+        return self.held
 
     def on_delete(self) -> None:
         """The exchange is deleted: its held messages are dropped now (and
@@ -168,14 +198,12 @@ class _Held:
 class HeldMessages:
     """The messages one delayed exchange holds, as a timer target."""
 
-    def __init__(self, broker: Broker, vhost: VHost, exchange: Exchange) -> None:
-        from mqbroker.queues.queue import store_key
-
-        self.broker = broker
-        self.vhost = vhost.name
+    def __init__(self, port: PublishPort, exchange: Exchange) -> None:
+        self.port = port
+        self.vhost = exchange.vhost
         self.exchange = exchange
         self.name = HELD_PREFIX + exchange.name
-        self.key = store_key(vhost.name, self.name)
+        self.key = store_key(exchange.vhost, self.name)
         self.heap: list[_Held] = []
         self.next_seq = 1
         self.deleted = False
@@ -196,17 +224,11 @@ class HeldMessages:
 
     def expire(self, now_ms: int) -> int:
         """Route every message that is due; the count released."""
-        broker = self.broker
-        vhost = broker.vhosts.get(self.vhost)
-        if vhost is None or vhost.exchanges.get(self.exchange.name) is not self.exchange:
+        port = self.port
+        if not port.exchange_alive(self.exchange):
             self.drop_all()
             return 0
-        from mqbroker.core.message import Message
-        from mqbroker.core.router import route
-        from mqbroker.protocol.table import Typed
-        from mqbroker.queues.deadletter import with_header
-
-        store = broker.store
+        store = port.store
         count = 0
         wrote = False
         heap = self.heap
@@ -215,37 +237,28 @@ class HeldMessages:
             message = held.message
             copy = with_header(message, "x-delay", Typed("l", -held.delay))
             copy = Message(
-                broker.next_msg_id, copy.exchange, copy.routing_key,
+                port.new_msg_id(), copy.exchange, copy.routing_key,
                 copy.properties_raw, copy.body,
             )
-            broker.next_msg_id += 1
-            try:
-                ttl = copy.expiration_ms()
-            except ValueError:
-                ttl = None
-            for queue in route(vhost, self.exchange, held.keys, copy.headers):
-                wrote |= queue.offer(copy, now_ms, ttl)[1]
-                broker.mark_dirty(queue)
+            wrote |= port.release(self.exchange, copy, held.keys)
             if held.persisted:
                 store.remove_entry(self.key, held.seq, message.msg_id)
                 wrote = True
             count += 1
         self.released += count
         if wrote and store.durable:
-            broker.request_commit()
+            port.request_commit()
         return count
 
     # -- holding
     def hold(self, message: Message, keys: list[str], delay: int, now_ms: int) -> bool:
         """Hold a message for ``delay`` ms; True if it was written durably."""
-        from mqbroker.persistence.store import StoredEntry, StoredMessage
-
         seq = self.next_seq
         self.next_seq += 1
         due = now_ms + delay
         persisted = self.exchange.durable and message.persistent
         if persisted:
-            self.broker.store.enqueue(
+            self.port.store.enqueue(
                 self.key,
                 StoredEntry(seq, message.msg_id, size=len(message.body), expires_at=due),
                 StoredMessage(
@@ -254,19 +267,17 @@ class HeldMessages:
                 ),
             )
         heapq.heappush(self.heap, _Held(due, seq, message, keys, delay, persisted))
-        self.broker.schedule(self)  # type: ignore[arg-type]
-        return persisted and self.broker.store.durable
+        self.port.schedule(self)
+        return persisted and self.port.store.durable
 
     def drop_all(self) -> None:
         """The exchange is gone: its held messages go with it."""
         if any(h.persisted for h in self.heap):
-            self.broker.store.drop_queue(self.key)
+            self.port.store.drop_queue(self.key)
         self.heap.clear()
         self.deleted = True
 
     def restore(self, stored: Any, message: Message) -> None:
-        from mqbroker.core.router import sender_keys
-
         headers = message.headers
         keys = [message.routing_key] + sender_keys(headers, "CC")
         delay = delay_of(headers)
@@ -277,70 +288,7 @@ class HeldMessages:
             self.next_seq = stored.seq + 1
 
 
-def held_messages(broker: Broker, vhost: VHost, exchange: Exchange) -> HeldMessages:
-    impl = exchange.impl
-    assert isinstance(impl, DelayedExchange)
-    if impl.held is None or impl.held.deleted:
-        impl.held = HeldMessages(broker, vhost, exchange)
-    return impl.held
-
-
-def hold_if_delayed(
-    broker: Broker,
-    vhost: VHost,
-    exchange: Exchange,
-    message: Message,
-    keys: list[str],
-    headers: FieldTable | None,
-) -> bool | None:
-    """The publish hook: None when the message must be routed now, else
-    whether holding it wrote to the durable store."""
-    delay = delay_of(headers)
-    if delay <= 0:
-        return None
-    held = held_messages(broker, vhost, exchange)
-    return held.hold(message, keys, delay, broker.wall_ms())
-
-
-def recover(broker: Broker) -> int:
-    """Start-up: rebuild held messages of durable delayed exchanges, and
-    drop stored ones whose exchange no longer exists."""
-    from mqbroker.core.message import Message
-    from mqbroker.queues.queue import store_key
-
-    store = broker.store
-    wanted: dict[str, tuple[VHost, Exchange]] = {}
-    for vhost in broker.vhosts.values():
-        for exchange in vhost.exchanges.values():
-            if exchange.type_name == DELAYED_TYPE and exchange.durable:
-                wanted[store_key(vhost.name, HELD_PREFIX + exchange.name)] = (vhost, exchange)
-    count = 0
-    for key in store.queues_with_entries():
-        _, _, rest = key.partition(":")
-        if not rest or HELD_PREFIX not in key:
-            continue
-        target = wanted.get(key)
-        if target is None:
-            if _is_held_key(key):
-                store.drop_queue(key)
-            continue
-        vhost, exchange = target
-        held = held_messages(broker, vhost, exchange)
-        for stored in store.load_entries(key):
-            body = store.get_message(stored.msg_id)
-            message = Message(
-                stored.msg_id, body.exchange, body.routing_key, body.properties, body.body
-            )
-            held.restore(stored, message)
-            count += 1
-        broker.schedule(held)  # type: ignore[arg-type]
-    return count
-
-
-def _is_held_key(key: str) -> bool:
-    """``store_key(vhost, "amq.delayed-...")``: length-prefixed vhost."""
-    length, _, rest = key.partition(":")
-    if not length.isdigit():
-        return False
-    name = rest[int(length) + 1 :]
-    return name.startswith(HELD_PREFIX)
+def is_held_key(key: str) -> bool:
+    """``store_key(vhost, "amq.delayed-...")``: a delayed exchange's."""
+    name = name_of_key(key)
+    return name is not None and name.startswith(HELD_PREFIX)

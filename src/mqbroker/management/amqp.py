@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from mqbroker.core import admin
+from mqbroker.broker import admin
 
 
 class _Shim:

@@ -849,7 +849,7 @@ def drive_amqp_moves(
     dry_run: bool,
     stamp: bool,
 ) -> None:
-    from mqbroker.core import admin
+    from mqbroker.broker import admin
     from mqbroker.management import amqp
 
     assert ctx.amqp is not None

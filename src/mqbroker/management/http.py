@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from functools import partial
 from importlib import resources
@@ -36,9 +37,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mqbroker import errors
+from mqbroker.broker import admin
+from mqbroker.broker import commands as cmd
+from mqbroker.broker.broker import Broker
+from mqbroker.broker.commands import Caller
 from mqbroker.config import Config
-from mqbroker.core import admin
-from mqbroker.core.broker import Broker
 from mqbroker.exchanges.base import Destination
 from mqbroker.log import get_logger
 from mqbroker.management import metrics, views
@@ -96,6 +99,28 @@ def as_int(value: Any, default: int | None = None) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise bad_request(f"not an integer: {value!r}") from None
+
+
+def caller(request: Request) -> Caller:
+    """The HTTP user acting in the request's vhost (commands.py)."""
+    return Caller(request.state.user, vhost_param(request))
+
+
+@contextlib.contextmanager
+def refusals(*, publish: bool = False, detail: bool = False) -> Iterator[None]:
+    """AMQP refusals as RabbitMQ's HTTP API answers them: a permission
+    refusal on a topology command is 401 "Access refused." (with the AMQP
+    text for get/move, ``detail``); anything refused while publishing is a
+    400 carrying the AMQP code and text ("403 ACCESS_REFUSED - ...")."""
+    try:
+        yield
+    except errors.AMQPError as exc:
+        if publish:
+            raise HTTPError(400, "bad_request", f"{exc.reply_code} {exc.reply_text}") from None
+        if isinstance(exc, errors.AccessRefused):
+            reason = exc.reply_text if detail else "Access refused."
+            raise HTTPError(401, "not_authorised", reason) from None
+        raise
 
 
 def seg(request: Request, name: str) -> str:
@@ -197,9 +222,9 @@ class Management:
         if "administrator" in tags:
             return
         if need is not None and not tags & need:
-            raise HTTPError(
-                403, "access_refused", f"user '{user}' lacks the tag for this operation"
-            )
+            # RabbitMQ answers every authorisation failure with 401.
+            role = "policymaker" if "policymaker" in need else "administrator"
+            raise HTTPError(401, "not_authorised", f"Not {role} user")
         vhost = request.path_params.get("vhost")
         if vhost is None:
             return
@@ -208,7 +233,7 @@ class Management:
             return
         if not admin.list_permissions(self.broker, user=user, vhost=name):
             raise HTTPError(
-                403, "access_refused", f"user '{user}' has no permissions on vhost '{name}'"
+                401, "not_authorised", "User not authorised to access virtual host"
             )
 
     # ------------------------------------------------------ helpers
@@ -805,19 +830,26 @@ def build_app(mgmt: Management) -> ASGIApp:
         if request.method == "DELETE":
             if name not in vhost.exchanges:
                 raise not_found(f"no exchange '{name}' in vhost '{vhost.name}'")
-            vhost.delete_exchange(name, if_unused=as_bool(request.query_params.get("if-unused")))
+            with refusals():
+                cmd.delete_exchange(
+                    broker, caller(request), name,
+                    if_unused=as_bool(request.query_params.get("if-unused")),
+                )
             broker.request_commit()
             return no_content()
         body = await json_body(request)
         existed = name in vhost.exchanges
-        vhost.declare_exchange(
-            name,
-            str(body.get("type") or "direct"),
-            durable=as_bool(body.get("durable"), True),
-            auto_delete=as_bool(body.get("auto_delete")),
-            internal=as_bool(body.get("internal")),
-            arguments=body.get("arguments") or {},
-        )
+        with refusals():
+            cmd.declare_exchange(
+                broker,
+                caller(request),
+                name,
+                str(body.get("type") or "direct"),
+                durable=as_bool(body.get("durable"), True),
+                auto_delete=as_bool(body.get("auto_delete")),
+                internal=as_bool(body.get("internal")),
+                arguments=body.get("arguments") or {},
+            )
         broker.request_commit()
         return no_content(204 if existed else 201)
 
@@ -844,9 +876,11 @@ def build_app(mgmt: Management) -> ASGIApp:
             raise bad_request(f"bad properties: {exc}") from None
         if "delivery_mode" in body and props.delivery_mode is None:
             props.delivery_mode = int(body["delivery_mode"])
-        result = admin.publish(
-            broker, vhost.name, exchange.name, str(body["routing_key"]), props, data
-        )
+        with refusals(publish=True):
+            result = admin.publish(
+                broker, vhost.name, exchange.name, str(body["routing_key"]), props, data,
+                user=request.state.user,
+            )
         await mgmt.wait_durable(result.epoch)
         return js({"routed": result.routed})
 
@@ -910,32 +944,38 @@ def build_app(mgmt: Management) -> ASGIApp:
         if request.method == "DELETE":
             mgmt.queue(vhost_name, name)
             query = request.query_params
-            vhost.delete_queue(
-                name,
-                owner=None,
-                if_unused=as_bool(query.get("if-unused")),
-                if_empty=as_bool(query.get("if-empty")),
-            )
+            with refusals():
+                cmd.delete_queue(
+                    broker,
+                    caller(request),
+                    name,
+                    if_unused=as_bool(query.get("if-unused")),
+                    if_empty=as_bool(query.get("if-empty")),
+                )
             broker.request_commit()
             broker.run_dispatch()
             return no_content()
         body = await json_body(request)
         existed = name in vhost.queues
         arguments = dict(body.get("arguments") or {})
-        vhost.declare_queue(
-            name,
-            owner=None,
-            durable=as_bool(body.get("durable"), True),
-            auto_delete=as_bool(body.get("auto_delete")),
-            arguments=arguments,
-        )
+        with refusals():
+            cmd.declare_queue(
+                broker,
+                caller(request),
+                name,
+                durable=as_bool(body.get("durable"), True),
+                auto_delete=as_bool(body.get("auto_delete")),
+                arguments=arguments,
+            )
         broker.request_commit()
         return no_content(204 if existed else 201)
 
     @api("/api/queues/{vhost}/{name}/contents", ["DELETE"])
     async def purge(request: Request) -> Response:
         found = mgmt.queue(vhost_param(request), seg(request, "name"))
-        admin.purge(broker, found)
+        with refusals():
+            cmd.purge_queue(broker, caller(request), found.name)
+        broker.request_commit()
         return no_content()
 
     @api("/api/queues/{vhost}/{name}/bindings", ["GET"])
@@ -964,6 +1004,8 @@ def build_app(mgmt: Management) -> ASGIApp:
             raise bad_request(f"unknown encoding '{encoding}'")
         count = as_int(body.get("count"), 1) or 1
         truncate = as_int(body.get("truncate"))
+        with refusals(detail=True):
+            cmd.readable_queue(broker, caller(request), found.name)
         got, epoch = admin.get_messages(broker, found, count, ackmode)
         await mgmt.wait_durable(epoch)
         out = []
@@ -1008,6 +1050,8 @@ def build_app(mgmt: Management) -> ASGIApp:
     async def move(request: Request, default_mode: str | None) -> Response:
         vhost_name, name = vhost_param(request), seg(request, "name")
         mgmt.queue(vhost_name, name)
+        with refusals(detail=True):
+            cmd.readable_queue(broker, caller(request), name)
         body = await json_body(request)
         dest = body.get("destination") or {}
         if not isinstance(dest, dict):
@@ -1024,6 +1068,11 @@ def build_app(mgmt: Management) -> ASGIApp:
         exchange = dest.get("exchange")
         if exchange == "amq.default":
             exchange = ""
+        with refusals(detail=True):
+            if mode == "queue":
+                cmd.check_write(broker, caller(request), "exchange", "")
+            elif mode == "exchange":
+                cmd.check_write(broker, caller(request), "exchange", exchange or "")
         target = admin.MoveTarget(
             mode,
             queue=dest.get("queue"),
@@ -1120,7 +1169,8 @@ def build_app(mgmt: Management) -> ASGIApp:
         arguments = body.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise bad_request("arguments must be an object")
-        vhost.bind(source, dest, key, arguments)
+        with refusals():
+            cmd.bind(broker, caller(request), source, dest, key, arguments)
         broker.request_commit()
         props = views.properties_key(key, arguments)
         return no_content(201, headers={"Location": urllib.parse.quote(props, safe="~")})
@@ -1138,7 +1188,10 @@ def build_app(mgmt: Management) -> ASGIApp:
             return js(row)
         for b in vhost.exchanges[source].impl.bindings():
             if b.destination == dest and views.properties_key(b.routing_key, b.args_dict()) == props:
-                vhost.unbind(source, dest, b.routing_key, b.args_dict())
+                with refusals():
+                    cmd.unbind(
+                        broker, caller(request), source, dest, b.routing_key, b.args_dict()
+                    )
                 break
         broker.request_commit()
         return no_content()

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 
 from mqbroker import __version__
-from mqbroker.core import admin
+from mqbroker.broker import admin
 
 if TYPE_CHECKING:
     from mqbroker.management.views import Stats

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from mqbroker import __version__
-from mqbroker.core import admin
-from mqbroker.core.exchange import Exchange
-from mqbroker.core.message import Message
-from mqbroker.core.vhost import VHost
+from mqbroker.broker import admin
+from mqbroker.broker.vhost import VHost
 from mqbroker.exchanges.base import Binding
+from mqbroker.exchanges.exchange import Exchange
+from mqbroker.model.message import Message
 from mqbroker.queues.queue import Queue
 
 if TYPE_CHECKING:
-    from mqbroker.core.broker import Broker
-    from mqbroker.core.channel import Channel, Consumer
-    from mqbroker.core.session import Session
+    from mqbroker.broker.broker import Broker
+    from mqbroker.broker.channel import Channel, Consumer
+    from mqbroker.broker.session import Session
 
 NODE = "mqbroker@localhost"
 MANAGEMENT_TAGS = {"administrator", "management", "monitoring", "policymaker"}
@@ -402,12 +402,12 @@ def channel_json(broker: Broker, session: Session, chan: Channel) -> dict[str, A
         },
         "consumer_count": len(chan.consumers),
         "messages_unacknowledged": len(chan.unacked),
-        "messages_unconfirmed": len(chan.pending_confirms),
+        "messages_unconfirmed": len(chan.confirms.pending),
         "messages_uncommitted": len(chan.tx_publishes),
         "acks_uncommitted": len(chan.tx_acks),
         "prefetch_count": chan.consumer_prefetch,
         "global_prefetch_count": chan.global_prefetch,
-        "confirm": chan.confirm,
+        "confirm": chan.confirms.enabled,
         "transactional": chan.tx,
     }
 

@@ -247,7 +247,7 @@ def _producer(cfg: dict[str, Any], pipe: Pipe) -> dict[str, Any]:
             outstanding = seq - confirms.confirmed - confirms.nacked
             room = confirm - outstanding
             if room <= 0:
-                for _fd, ev in poller.poll(50):
+                for _ in poller.poll(50):
                     read_incoming()
                 continue
             n = min(n, room)

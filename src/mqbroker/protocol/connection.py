@@ -430,6 +430,49 @@ class ServerConnection:
     def send_raw(self, data: bytes) -> None:
         self.out += data
 
+    def send_return(
+        self,
+        channel: int,
+        reply_code: int,
+        reply_text: str,
+        exchange: str,
+        routing_key: str,
+        properties: bytes,
+        body: bytes,
+    ) -> None:
+        """basic.return + the message's content."""
+        self.out += codec.return_method(channel, reply_code, reply_text, exchange, routing_key)
+        codec.write_content(self.out, channel, properties, body, self.frame_max)
+
+    def send_get_ok(
+        self,
+        channel: int,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        message_count: int,
+        properties: bytes,
+        body: bytes,
+    ) -> None:
+        """basic.get-ok + the message's content."""
+        self.out += codec.get_ok_method(
+            channel, delivery_tag, redelivered, exchange, routing_key, message_count
+        )
+        codec.write_content(self.out, channel, properties, body, self.frame_max)
+
+    def send_queue_declare_ok(
+        self, channel: int, queue: str, message_count: int, consumer_count: int
+    ) -> None:
+        """queue.declare-ok, hand-packed: any queue name RabbitMQ accepts
+        (pamqp's own constructor validates names more strictly)."""
+        self.out += codec.queue_declare_ok(channel, queue, message_count, consumer_count)
+
+    def drop_without_close(self) -> None:
+        """End the connection with no close handshake (RabbitMQ's answer to
+        a failed login from a client that did not ask for the 403)."""
+        self.state = State.CLOSED
+
     def send_heartbeat(self) -> None:
         self.out += codec.HEARTBEAT_FRAME
 

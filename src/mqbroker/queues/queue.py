@@ -18,16 +18,16 @@ leaves a queue without a reason.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mqbroker.core.message import Message
+from mqbroker.model.dedup import dedup_key
+from mqbroker.model.keys import store_key
+from mqbroker.model.message import Message
 from mqbroker.persistence.store import Store, StoredEntry, StoredMessage
-from mqbroker.queues.dedup import QueueDedup, dedup_key
+from mqbroker.queues.consumer import Consumer
+from mqbroker.queues.dedup import QueueDedup
 from mqbroker.queues.ready import Fifo, PriorityReady, Ready
 from mqbroker.queues.settings import QueueSettings
-
-if TYPE_CHECKING:
-    from mqbroker.core.channel import Consumer
 
 
 class QueueEntry:
@@ -81,11 +81,6 @@ class QueueEntry:
 HEAD_WINDOW = 1024
 
 DeadLetterHook = Callable[["Queue", Message, str], None]
-
-
-def store_key(vhost: str, name: str) -> str:
-    """Unambiguous for any vhost and queue name (both may contain '/')."""
-    return f"{len(vhost)}:{vhost}:{name}"
 
 
 def _no_dead_letter(queue: Queue, message: Message, reason: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 import trio
 
-from mqbroker.core.broker import Broker
+from mqbroker.broker.broker import Broker
 from mqbroker.log import get_logger
 
 log = get_logger("mqbroker.alarms")

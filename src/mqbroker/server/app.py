@@ -12,9 +12,9 @@ from functools import partial
 
 import trio
 
+from mqbroker.broker.broker import Broker
+from mqbroker.broker.recovery import recover
 from mqbroker.config import Config
-from mqbroker.core.broker import Broker
-from mqbroker.core.recovery import recover
 from mqbroker.log import get_logger
 from mqbroker.persistence import GroupCommitter, open_store
 from mqbroker.server.alarms import Alarms

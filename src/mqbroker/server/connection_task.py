@@ -18,8 +18,8 @@ import math
 import trio
 
 from mqbroker import errors
-from mqbroker.core.broker import FLOW_LOW_READY, Broker
-from mqbroker.core.session import Session
+from mqbroker.broker.broker import FLOW_LOW_READY, Broker
+from mqbroker.broker.session import Session
 from mqbroker.log import get_logger
 from mqbroker.protocol.connection import ServerConnection, State
 from mqbroker.server import tls

@@ -13,7 +13,7 @@ import math
 
 import trio
 
-from mqbroker.core.broker import Broker
+from mqbroker.broker.broker import Broker
 
 # How often unacked deliveries are checked against the consumer timeout;
 # RabbitMQ checks on a similar coarse tick (the timeout is in minutes).

@@ -4,27 +4,29 @@ credit, publisher-confirm sequence numbers and the transaction buffer.
 Strategy: unacked deliveries sit in an OrderedDict keyed by delivery tag, so
 ``ack(multiple=True)`` pops from the front in O(acked) and a single ack is
 O(1) (a plain dict degrades when its front is deleted over and over).
-Publisher confirms are released in order: each publish waits for the store
-epoch that holds its writes (0 if it wrote nothing durable), and one
-``basic.ack(multiple=True)`` covers every seq that became safe at once.
+Publisher confirms and tx commit-oks are ``confirms.py``'s; a channel
+only owns its ``Confirms``. Frames go out through ``ServerConnection``
+methods, never into its buffer directly.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
+from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
-from mqbroker.core.message import Message
+from mqbroker.broker.confirms import Confirms
+from mqbroker.model.headers import with_header
+from mqbroker.model.message import Message
 from mqbroker.protocol import codec
 from mqbroker.protocol.table import Typed
-from mqbroker.queues.deadletter import with_header
 from mqbroker.queues.queue import Queue, QueueEntry
 
 if TYPE_CHECKING:
-    from mqbroker.core.session import Session
+    from mqbroker.broker.session import Session
 
 
 class Consumer:
@@ -80,6 +82,14 @@ class Consumer:
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         self.channel.deliver(self, queue, entry)
 
+    def cancelled_by_server(self) -> None:
+        """Its queue was deleted: forget it, and tell a client that asked
+        for ``consumer_cancel_notify``."""
+        chan = self.channel
+        chan.consumers.pop(self.tag, None)
+        if chan.session.cancel_notify and not chan.closed:
+            chan.send(commands.Basic.Cancel(consumer_tag=self.tag, nowait=True))
+
 
 class Delivery:
     __slots__ = ("queue", "entry", "consumer", "at")
@@ -123,17 +133,10 @@ class Channel:
         # later; global=true is one limit shared by the whole channel.
         self.consumer_prefetch = 0
         self.global_prefetch = 0
-        self.confirm = False
-        self.next_publish_seq = 1
-        # (publish seq, store epoch it waits for, msg id or 0), in order
-        self.pending_confirms: deque[tuple[int, int, int]] = deque()
-        # seqs whose messages were consumed on every queue before their
-        # commit (Broker.consumed): confirmed without waiting for it
-        self.consumed_seqs: set[int] = set()
+        self.confirms = Confirms(session.broker.confirms, self.send)
         self.tx = False
         self.tx_publishes: list[Any] = []
         self.tx_acks: list[tuple[str, int, bool, bool]] = []
-        self.tx_commit_epochs: deque[int] = deque()
         self.last_queue = ""
         self.closed = False
         # direct reply-to consumer on this channel, if any
@@ -142,6 +145,10 @@ class Channel:
 
     def unacked_count(self) -> int:
         return len(self.unacked)
+
+    def send(self, method: PamqpMethod) -> None:
+        self.session.conn.send_method(self.id, method)
+        self.session.output_ready()
 
     # --------------------------------------------------------- delivery
 
@@ -164,7 +171,7 @@ class Channel:
         if consumer.no_ack:
             queue.settle(entry)
             if entry.persisted:
-                session.broker.consumed(entry.msg_id)
+                session.broker.confirms.consumed(entry.msg_id)
         else:
             consumer.unacked += 1
             self.unacked[tag] = Delivery(queue, entry, consumer, session.broker.clock())
@@ -193,17 +200,15 @@ class Channel:
         message = queue.message_of(entry)
         if queue.settings.counts_deliveries:
             message = with_delivery_count(message, entry.delivery_count)
-        out = self.session.conn.out
-        out += codec.get_ok_method(
+        self.session.conn.send_get_ok(
             self.id,
             tag,
             entry.redelivered,
             message.exchange,
             message.routing_key,
             queue.message_count,
-        )
-        codec.write_content(
-            out, self.id, message.properties_raw, message.body, self.session.conn.frame_max
+            message.properties_raw,
+            message.body,
         )
         if no_ack:
             queue.settle(entry)
@@ -250,7 +255,7 @@ class Channel:
             delivery.queue.settle(entry)
             if entry.persisted:
                 wrote = True
-                broker.consumed(entry.msg_id)
+                broker.confirms.consumed(entry.msg_id)
             self._released(delivery)
         return wrote
 
@@ -281,74 +286,6 @@ class Channel:
         self.unacked.clear()
         self.requeue(deliveries)
 
-    # --------------------------------------------------------- confirms
-
-    def add_confirm(self, epoch: int, msg_id: int = 0) -> int:
-        """Register one publish; returns its sequence number. ``msg_id``:
-        the message, when it may be confirmed early (``confirm_consumed``)."""
-        seq = self.next_publish_seq
-        self.next_publish_seq = seq + 1
-        if epoch <= self.session.broker.committed_epoch and not self.pending_confirms:
-            self.session.conn.send_method(
-                self.id, commands.Basic.Ack(delivery_tag=seq, multiple=False)
-            )
-            self.session.output_ready()
-        else:
-            self.pending_confirms.append((seq, epoch, msg_id))
-            self.session.broker.confirm_waiters.add(self)
-        return seq
-
-    def confirm_consumed(self, seq: int) -> None:
-        """Publish ``seq`` was consumed on every queue before its commit:
-        it is confirmed as soon as every earlier publish is (confirms stay
-        in order, one cumulative basic.ack)."""
-        if self.closed:
-            return
-        self.consumed_seqs.add(seq)
-        pending = self.pending_confirms
-        if pending and pending[0][0] == seq:
-            broker = self.session.broker
-            if self.flush_confirms(broker.committed_epoch):
-                broker.confirm_waiters.discard(self)
-
-    def nack_publish(self) -> int:
-        """A publish that failed (e.g. reject-publish overflow)."""
-        seq = self.next_publish_seq
-        self.next_publish_seq = seq + 1
-        self.flush_confirms(self.session.broker.committed_epoch)
-        self.session.conn.send_method(
-            self.id,
-            commands.Basic.Nack(delivery_tag=seq, multiple=False, requeue=False),
-        )
-        self.session.output_ready()
-        return seq
-
-    def flush_confirms(self, committed: int) -> bool:
-        """Ack every pending seq whose epoch is durable; True when done."""
-        pending = self.pending_confirms
-        consumed = self.consumed_seqs
-        unconfirmed = self.session.broker.unconfirmed
-        last = 0
-        count = 0
-        while pending and (pending[0][1] <= committed or pending[0][0] in consumed):
-            last, _, msg_id = pending.popleft()
-            count += 1
-            if consumed:
-                consumed.discard(last)
-            if msg_id:
-                unconfirmed.pop(msg_id, None)
-        if count and not self.closed:
-            self.session.conn.send_method(
-                self.id, commands.Basic.Ack(delivery_tag=last, multiple=count > 1)
-            )
-            self.session.output_ready()
-        while self.tx_commit_epochs and self.tx_commit_epochs[0] <= committed:
-            self.tx_commit_epochs.popleft()
-            if not self.closed:
-                self.session.conn.send_method(self.id, commands.Tx.CommitOk())
-                self.session.output_ready()
-        return not pending and not self.tx_commit_epochs
-
     # ------------------------------------------------------------ close
 
     def close(self) -> None:
@@ -358,12 +295,5 @@ class Channel:
             self.session.remove_consumer(consumer)
         self.consumers.clear()
         self.recover()
-        unconfirmed = self.session.broker.unconfirmed
-        for _, _, msg_id in self.pending_confirms:
-            if msg_id:
-                unconfirmed.pop(msg_id, None)
-        self.pending_confirms.clear()
-        self.consumed_seqs.clear()
-        self.tx_commit_epochs.clear()
-        self.session.broker.confirm_waiters.discard(self)
+        self.confirms.close()
         self.session.broker.direct_reply.cancel(self)

@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mqbroker import errors
-from mqbroker.core.auth import LoginRefused, User, hash_password
+from mqbroker.broker.auth import LoginRefused, User, hash_password
 from mqbroker.log import get_logger
-from mqbroker.protocol.connection import State
 
 if TYPE_CHECKING:
-    from mqbroker.core.broker import Broker
-    from mqbroker.core.session import Session
-    from mqbroker.core.vhost import VHost
+    from mqbroker.broker.broker import Broker
+    from mqbroker.broker.session import Session
+    from mqbroker.broker.vhost import VHost
 
 log = get_logger("mqbroker.access")
 
@@ -176,7 +175,7 @@ class AccessControl:
         store = self.broker.store
         users = list(store.definitions("user"))
         if not users:
-            for name, vhost in list(self.broker.vhosts.items()):
+            for vhost in list(self.broker.vhosts.values()):
                 self._persist_vhost(vhost.name)
             for user in self.users.users.values():
                 self._persist_user(user)
@@ -539,7 +538,7 @@ class AccessControl:
             if not (isinstance(caps, dict) and caps.get("authentication_failure_close")):
                 # RabbitMQ closes the socket without a word for clients
                 # that did not ask for the 403 (connection.close skipped).
-                session.conn.state = State.CLOSED
+                session.conn.drop_without_close()
             raise
         return name
 

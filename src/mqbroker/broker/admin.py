@@ -25,18 +25,20 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from mqbroker import errors
-from mqbroker.core.message import Message
-from mqbroker.core.router import route, sender_keys
-from mqbroker.core.vhost import VHost
+from mqbroker.broker.router import route
+from mqbroker.broker.vhost import VHost
 from mqbroker.exchanges.base import Binding
 from mqbroker.exchanges.registry import exchange_type
+from mqbroker.model.headers import sender_keys
+from mqbroker.model.keys import store_key
+from mqbroker.model.message import Message
 from mqbroker.protocol import codec
-from mqbroker.queues.queue import Queue, QueueEntry, store_key
+from mqbroker.queues.queue import Queue, QueueEntry
 
 if TYPE_CHECKING:
-    from mqbroker.core.broker import Broker
-    from mqbroker.core.channel import Channel, Delivery
-    from mqbroker.core.session import Session
+    from mqbroker.broker.broker import Broker
+    from mqbroker.broker.channel import Channel, Delivery
+    from mqbroker.broker.session import Session
 
 ACKMODES = (
     "ack_requeue_true",
@@ -90,15 +92,6 @@ def head(queue: Queue) -> Any | None:
 def now_ms(broker: Broker) -> int:
     clock = getattr(broker, "wall_ms", None)
     return int(clock()) if clock is not None else int(time.time() * 1000)
-
-
-def offer(broker: Broker, queue: Queue, message: Message) -> tuple[bool, bool]:
-    """Enqueue -> (accepted, wrote durably); a full queue may refuse."""
-    method = getattr(queue, "offer", None)
-    if method is not None:
-        accepted, wrote = method(message, now_ms(broker))
-        return bool(accepted), bool(wrote)
-    return True, bool(queue.enqueue(message))
 
 
 def plain(value: Any) -> Any:
@@ -252,44 +245,17 @@ def publish(
     routing_key: str,
     props: commands.Basic.Properties,
     body: bytes,
+    user: str | None = None,
 ) -> Published:
-    """Publish one message as a client would (CC/BCC, AE, e2e)."""
+    """Publish one message through the broker's publish pipeline, with the
+    same checks, hooks (delay, dedup) and routing as ``basic.publish``;
+    ``user`` None is the broker itself (no permission check)."""
     vhost = get_vhost(broker, vhost_name)
-    exchange = vhost.get_exchange(exchange_name)
-    if exchange.internal:
-        raise errors.AccessRefused(
-            f"cannot publish to internal exchange '{exchange_name}' in vhost "
-            f"'{vhost_name}'"
-        )
-    headers = props.headers if isinstance(props.headers, dict) else None
-    keys = [routing_key]
-    if headers:
-        keys += sender_keys(headers, "CC") + sender_keys(headers, "BCC")
-        if "BCC" in headers:
-            headers = dict(headers)
-            del headers["BCC"]
-            props.headers = headers
-    message = Message(
-        broker.next_msg_id,
-        exchange_name,
-        routing_key,
-        codec.encode_properties(props),
-        body,
-        props,
+    outcome = broker.publisher.publish(
+        user, vhost, exchange_name, routing_key, codec.encode_properties(props), body
     )
-    broker.next_msg_id += 1
-    queues = route(vhost, exchange, keys, headers)
-    durable = False
-    accepted = []
-    for queue in queues:
-        ok, wrote = offer(broker, queue, message)
-        durable |= wrote
-        if ok:
-            accepted.append(queue.name)
-        broker.mark_dirty(queue)
-    epoch = _commit(broker, durable)
     broker.run_dispatch()
-    return Published(bool(accepted), accepted, epoch)
+    return Published(outcome.routed, list(outcome.queues), outcome.epoch)
 
 
 def _commit(broker: Broker, wrote: bool) -> int:
@@ -594,13 +560,9 @@ def move_batch(
             copy = Message(
                 msg_id, exchange_name, key, message.properties_raw, message.body
             )
-        accepted = False
-        for queue in queues:
-            ok, durable = offer(broker, queue, copy)
-            accepted |= ok
-            wrote |= durable
-            broker.mark_dirty(queue)
-        if not accepted:
+        outcome = broker.publisher.offer(queues, copy, None)
+        wrote |= outcome.durable
+        if not outcome.routed:
             result.unroutable += 1
             continue
         staying.discard(id(entry))

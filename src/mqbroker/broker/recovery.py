@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqbroker.core.broker import Broker
+from mqbroker.broker.broker import Broker
+from mqbroker.broker.vhost import VHost
 from mqbroker.exchanges.base import Destination
-from mqbroker.exchanges.delayed import recover as recover_delayed
+from mqbroker.exchanges.delayed import (
+    DELAYED_TYPE,
+    HELD_PREFIX,
+    DelayedExchange,
+    is_held_key,
+)
+from mqbroker.exchanges.exchange import Exchange
+from mqbroker.model.keys import store_key
+from mqbroker.model.message import Message
 
 
 def _text(value: Any) -> str:
@@ -90,3 +99,36 @@ def recover(broker: Broker) -> dict[str, int]:
     counts["delayed"] = recover_delayed(broker)
     broker.next_msg_id = max(broker.next_msg_id, store.max_msg_id() + 1)
     return counts
+
+
+def recover_delayed(broker: Broker) -> int:
+    """Rebuild the held messages of durable delayed exchanges, and drop
+    stored ones whose exchange no longer exists."""
+    store = broker.store
+    wanted: dict[str, tuple[VHost, Exchange]] = {}
+    for vhost in broker.vhosts.values():
+        for exchange in vhost.exchanges.values():
+            if exchange.type_name == DELAYED_TYPE and exchange.durable:
+                wanted[store_key(vhost.name, HELD_PREFIX + exchange.name)] = (vhost, exchange)
+    count = 0
+    for key in store.queues_with_entries():
+        if HELD_PREFIX not in key:
+            continue
+        target = wanted.get(key)
+        if target is None:
+            if is_held_key(key):
+                store.drop_queue(key)
+            continue
+        _, exchange = target
+        impl = exchange.impl
+        assert isinstance(impl, DelayedExchange)
+        held = impl.held_messages(broker.publisher, exchange)
+        for stored in store.load_entries(key):
+            body = store.get_message(stored.msg_id)
+            message = Message(
+                stored.msg_id, body.exchange, body.routing_key, body.properties, body.body
+            )
+            held.restore(stored, message)
+            count += 1
+        broker.schedule(held)
+    return count

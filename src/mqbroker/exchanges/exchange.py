@@ -1,10 +1,27 @@
-"""An exchange as the broker sees it: metadata around a routing strategy."""
+"""An exchange as the broker sees it: metadata around a routing strategy.
+
+Strategy: the routing strategy (``ExchangeType``) owns bindings; this
+object owns what is declared about the exchange and the list of publish
+hooks that apply to it (the type's own ``on_publish``, deduplication by
+argument), computed once at declare so the publish path only loops over a
+usually empty tuple.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from mqbroker.exchanges.base import ExchangeType
+from mqbroker.exchanges.base import ExchangeType, FieldTable, Verdict
+from mqbroker.exchanges.dedup import dedup_hook, deduplicates
+
+if TYPE_CHECKING:
+    from mqbroker.exchanges.base import PublishPort
+    from mqbroker.model.message import Message
+
+PublishHook = Callable[
+    ["PublishPort", "Exchange", "Message", list[str], FieldTable | None], Verdict
+]
 
 
 class Exchange:
@@ -20,6 +37,7 @@ class Exchange:
         "builtin",
         "policy",
         "dedup",
+        "hooks",
     )
 
     def __init__(
@@ -49,6 +67,7 @@ class Exchange:
         # Deduplication cache (queues/dedup.py): None until first used,
         # False when the exchange does not deduplicate.
         self.dedup: Any = None
+        self.hooks = _hooks_for(self)
 
     @property
     def alternate(self) -> str | None:
@@ -70,3 +89,12 @@ class Exchange:
             "internal": self.internal,
             "arguments": self.arguments,
         }
+
+
+def _hooks_for(exchange: Exchange) -> tuple[PublishHook, ...]:
+    hooks: list[PublishHook] = []
+    if exchange.impl.has_publish_hook:
+        hooks.append(exchange.impl.on_publish)
+    if deduplicates(exchange):
+        hooks.append(dedup_hook)
+    return tuple(hooks)

@@ -11,29 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqbroker import errors
-from mqbroker.core.exchange import Exchange
-from mqbroker.core.vhost import VHost
+from mqbroker.broker.vhost import VHost
+from mqbroker.exchanges.exchange import Exchange
 from mqbroker.queues.queue import Queue
-
-
-def sender_keys(headers: dict[str, Any] | None, name: str) -> list[str]:
-    """CC or BCC routing keys; a non-array value is a 406 (RabbitMQ)."""
-    if not headers or name not in headers:
-        return []
-    value = headers[name]
-    if not isinstance(value, list):
-        raise errors.PreconditionFailed(
-            f"Invalid header '{name}': expected an array of strings"
-        )
-    keys = []
-    for item in value:
-        if isinstance(item, bytes | bytearray):
-            item = bytes(item).decode("utf-8", "replace")
-        if isinstance(item, str):
-            keys.append(item)
-    return keys
-
 
 # Bound on a vhost's route cache: unique routing keys (one per RPC reply,
 # say) must not grow it without limit; when full it simply starts over.

@@ -52,12 +52,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from mqbroker.queues.queue import store_key
+from mqbroker.model.keys import store_key
 from mqbroker.queues.settings import QueueSettings
 
 if TYPE_CHECKING:
-    from mqbroker.core.broker import Broker
-    from mqbroker.core.exchange import Exchange
+    from mqbroker.broker.broker import Broker
+    from mqbroker.exchanges.exchange import Exchange
     from mqbroker.queues.queue import Queue
 
 APPLY_TO = ("queues", "exchanges", "all", "classic_queues", "quorum_queues", "streams")

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mqbroker import errors
-from mqbroker.core.exchange import Exchange
 from mqbroker.exchanges.base import Destination, freeze_table
+from mqbroker.exchanges.exchange import Exchange
 from mqbroker.exchanges.registry import exchange_type
+from mqbroker.model.keys import store_key
 from mqbroker.persistence.store import Store
 from mqbroker.queues.arguments import check_queue_arguments
-from mqbroker.queues.queue import Queue, store_key
+from mqbroker.queues.queue import Queue
 from mqbroker.queues.settings import QueueSettings
 
 BUILTIN_EXCHANGES = (
@@ -211,7 +212,7 @@ class VHost:
             return
         if exchange.builtin:
             raise errors.AccessRefused(
-                f"operation not permitted on the default exchange"
+                "operation not permitted on the default exchange"
                 if name == ""
                 else f"exchange '{name}' in vhost '{self.name}' is a "
                 "built-in exchange and cannot be deleted"
@@ -233,9 +234,7 @@ class VHost:
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
         self.routes.clear()
-        on_delete = getattr(exchange.impl, "on_delete", None)
-        if on_delete is not None:  # x-delayed-message: held messages go
-            on_delete()
+        exchange.impl.on_delete()  # x-delayed-message: held messages go
         for binding in list(exchange.impl.bindings()):
             self._forget_binding(exchange.name, binding.destination, binding.routing_key, binding.args_dict())
         dest = Destination("exchange", exchange.name)
@@ -404,7 +403,7 @@ class VHost:
         exchange = self.get_exchange(source)
         if source == "":
             raise errors.AccessRefused(
-                f"operation not permitted on the default exchange"
+                "operation not permitted on the default exchange"
             )
         added = exchange.impl.bind(dest, routing_key, arguments)
         self.routes.clear()
@@ -438,7 +437,7 @@ class VHost:
             self.get_queue(dest.name, owner)
         if source == "":
             raise errors.AccessRefused(
-                f"operation not permitted on the default exchange"
+                "operation not permitted on the default exchange"
             )
         exchange = self.exchanges.get(source)
         if exchange is None:

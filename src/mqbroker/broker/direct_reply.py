@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from mqbroker import errors
 
 if TYPE_CHECKING:
-    from mqbroker.core.channel import Channel
+    from mqbroker.broker.channel import Channel
 
 PSEUDO_QUEUE = "amq.rabbitmq.reply-to"
 PREFIX = PSEUDO_QUEUE + "."

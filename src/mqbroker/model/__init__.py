@@ -1,0 +1,1 @@
+"""The message model shared by every layer above the protocol."""
