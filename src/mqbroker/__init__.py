@@ -1,7 +1,7 @@
 """mqbroker: an AMQP 0-9-1 message broker written in Python.
 
 The package is split so the protocol core (``protocol/``) and the broker
-domain (``core/``, ``exchanges/``, ``queues/``) never touch a socket or a
+domain (``broker/``, ``exchanges/``, ``queues/``) never touch a socket or a
 disk; ``server/`` is the only place trio lives and ``persistence/`` the only
 place that knows about LMDB.
 """

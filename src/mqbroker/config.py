@@ -67,7 +67,7 @@ class Config:
 
     management_port: int | None = None
 
-    # --- access control (core/access.py) ---
+    # --- access control (broker/access.py) ---
     # Users that may log in only from a loopback address (RabbitMQ's
     # loopback_users): the well-known guest/guest must not open a broker to
     # the network by accident.
@@ -79,7 +79,7 @@ class Config:
     # limit (N) is reached".
     connection_max: int | None = None
     # Defaults for every vhost/user; per-vhost and per-user limits set
-    # through core/access.py override them.
+    # through broker/access.py override them.
     vhost_max_connections: int | None = None
     vhost_max_queues: int | None = None
     user_max_connections: int | None = None

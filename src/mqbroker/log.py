@@ -1,6 +1,6 @@
 """structlog set-up: key=value lines on a terminal, JSON lines with
 ``--log-format json`` (for log shippers). Only the edges log: ``protocol/``
-and ``core/`` return events and raise errors, the server logs them."""
+and ``broker/`` return events and raise errors, the server logs them."""
 
 from __future__ import annotations
 

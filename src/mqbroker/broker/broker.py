@@ -1,11 +1,12 @@
-"""The broker: vhosts, users, sessions, and the publish and dispatch loops.
+"""The broker: vhosts, users, sessions, the dispatch pass and timers.
 
 Strategy: all broker state is touched from one thread (the trio loop), so
-nothing here locks. Work is batched per loop pass: a publish only marks its
-queues dirty, and ``run_dispatch()`` (called by the server after it handled
+nothing here locks. Work is batched per loop pass: a publish (the pipeline
+in ``publish.py``) only marks its queues dirty, and ``run_dispatch()`` (called by the server after it handled
 a read) delivers from each dirty queue once and then wakes the writers of
 the sessions that got output. Store writes accumulate into the current
-write epoch; ``on_committed()`` releases the confirms that waited for it.
+write epoch; ``on_committed()`` lets ``confirms.py`` release the confirms
+that waited for it.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ class Broker:
         self.users = UserStore()
         self.users.add(config.default_user, config.default_password, ["administrator"])
         self.vhosts: dict[str, VHost] = {}
-        # Named policies per vhost (queues/policies.py): set_policy & co.
+        # Named policies per vhost (broker/policies.py): set_policy & co.
         self.policies = PolicyStore(self)
         self.add_vhost(config.default_vhost)
         self.sessions: set[Session] = set()
-        # Users, vhosts, permissions and limits (core/access.py).
+        # Users, vhosts, permissions and limits (broker/access.py).
         self.access = AccessControl(self)
         # The active resource alarm's reason ("low on memory"/"low on
         # disk"), set by server/alarms.py; None when no alarm is raised.

@@ -18,6 +18,7 @@ from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
+from mqbroker.broker import handshake
 from mqbroker.broker.channel import Channel, Consumer
 from mqbroker.broker.commands import Caller
 from mqbroker.broker.handlers import HANDLERS
@@ -56,7 +57,7 @@ class Session:
         self.wake: Callable[[], None] = lambda: None
         self.last_error: errors.AMQPError | None = None
         # queues this connection pushed past the flow threshold (see
-        # core/broker.py FLOW_HIGH_READY); the server pauses its reads
+        # broker/publish.py FLOW_HIGH_READY); the server pauses its reads
         self.flow: set[Any] = set()
         self._flow_progress: dict[Any, tuple[int, float]] = {}
         # Resource alarms (server/alarms.py): ``alarm`` is the broker's
@@ -182,10 +183,12 @@ class Session:
                 if closed is not None:
                     closed.close()
             elif isinstance(event, StartOk):
-                self.user = self.broker.access.authenticate(self, event.mechanism, event.response)
+                self.user = handshake.authenticate(
+                    self.broker.access, self, event.mechanism, event.response
+                )
                 self.conn.accept_auth()
             elif isinstance(event, OpenRequested):
-                self.vhost = self.broker.access.open_vhost(self, event.vhost)
+                self.vhost = handshake.open_vhost(self.broker.access, self, event.vhost)
                 self.conn.accept_open()
                 self.broker.session_opened(self)
             elif isinstance(event, ConnectionClosed):

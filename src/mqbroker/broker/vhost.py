@@ -85,7 +85,7 @@ class VHost:
         self.store = store
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
-        # (exchange, routing key) -> queues, filled by core/router.py and
+        # (exchange, routing key) -> queues, filled by broker/router.py and
         # dropped whenever exchanges, queues, bindings or policies change.
         self.routes: dict[tuple[str, str], tuple[Queue, ...]] = {}
         # Called with a queue after it is deleted (consumers cancelled by
@@ -94,7 +94,7 @@ class VHost:
         self.on_queue_created: Callable[[Queue], None] = lambda q: None
         self.now_ms: Callable[[], int] = lambda: 0
         # name -> (policy name, definition) chosen for queues; set by the
-        # policy store (queues/policies.py) when policies exist.
+        # policy store (broker/policies.py) when policies exist.
         self.policy_for: Callable[[str, str], tuple[str | None, dict[str, Any]]] = (
             lambda kind, name: (None, {})
         )

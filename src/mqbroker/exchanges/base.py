@@ -3,7 +3,7 @@
 Strategy: an exchange type is a small object that owns its bindings and
 answers ``route()``. It knows nothing about queues, vhosts or the exchange
 graph: destinations are opaque hashable keys, and the router
-(``core/router.py``) walks exchange-to-exchange edges, alternate exchanges
+(``broker/router.py``) walks exchange-to-exchange edges, alternate exchanges
 and CC/BCC itself. This mirrors ``rabbit_exchange_type`` (route, validate,
 add/remove binding) so each type stays one short file.
 

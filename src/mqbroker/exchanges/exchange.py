@@ -62,9 +62,9 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.builtin = builtin
-        # The definition of the policy that applies (queues/policies.py).
+        # The definition of the policy that applies (broker/policies.py).
         self.policy: dict[str, Any] | None = None
-        # Deduplication cache (queues/dedup.py): None until first used,
+        # Deduplication cache (exchanges/dedup.py): None until first used,
         # False when the exchange does not deduplicate.
         self.dedup: Any = None
         self.hooks = _hooks_for(self)

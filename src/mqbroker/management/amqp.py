@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from mqbroker.broker import admin
+from mqbroker.broker import move as moves
+from mqbroker.model import deaths as dl
 
 
 class _Shim:
@@ -79,7 +80,7 @@ def peek(url: str, queue: str, count: int, truncate: int) -> dict[str, Any]:
                 "properties": _props_json(props),
             }
             row.update(payload_json(body, "auto", truncate))
-            deaths = admin.x_death(_Shim(method.routing_key, props.headers))  # type: ignore[arg-type]
+            deaths = dl.x_death(_Shim(method.routing_key, props.headers))  # type: ignore[arg-type]
             if deaths:
                 row["x_death"] = deaths
             items.append(row)
@@ -103,10 +104,10 @@ class AmqpMoveResult:
 def move(
     url: str,
     queue: str,
-    target: admin.MoveTarget,
+    target: moves.MoveTarget,
     *,
     count: int | None,
-    filter: admin.MoveFilter | None,
+    filter: moves.MoveFilter | None,
     batch: int,
     dry_run: bool,
     stamp: bool,
@@ -205,14 +206,14 @@ def _queue_exists(conn: Any, name: str, known: dict[str, bool]) -> bool:
     return known[name]
 
 
-def _resolve(target: admin.MoveTarget, shim: _Shim) -> tuple[str, str] | None:
+def _resolve(target: moves.MoveTarget, shim: _Shim) -> tuple[str, str] | None:
     if target.mode == "queue":
         return "", target.queue or ""
     if target.mode == "exchange":
         key = target.routing_key if target.routing_key is not None else shim.routing_key
         return target.exchange or "", key
     if target.mode == "origin":
-        name = admin.last_death_queue(shim)  # type: ignore[arg-type]
+        name = dl.last_death_queue(shim)  # type: ignore[arg-type]
         return ("", name) if name else None
-    found = admin.first_death_route(shim)  # type: ignore[arg-type]
+    found = dl.first_death_route(shim)  # type: ignore[arg-type]
     return (found[0], found[1][0]) if found else None

@@ -849,17 +849,17 @@ def drive_amqp_moves(
     dry_run: bool,
     stamp: bool,
 ) -> None:
-    from mqbroker.broker import admin
+    from mqbroker.broker import move as moves
     from mqbroker.management import amqp
 
     assert ctx.amqp is not None
-    target = admin.MoveTarget(
+    target = moves.MoveTarget(
         destination["type"],
         queue=destination.get("queue"),
         exchange=destination.get("exchange"),
         routing_key=destination.get("routing_key"),
     )
-    filt = admin.MoveFilter(reason=reason, headers=tuple(sorted(headers.items())))
+    filt = moves.MoveFilter(reason=reason, headers=tuple(sorted(headers.items())))
     started = time.monotonic()
     result = amqp.move(
         ctx.amqp, queue, target, count=count,

@@ -37,8 +37,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mqbroker import errors
-from mqbroker.broker import admin
 from mqbroker.broker import commands as cmd
+from mqbroker.broker import definitions as defs
+from mqbroker.broker import explain
+from mqbroker.broker import messages as msgops
+from mqbroker.broker import move as moves
 from mqbroker.broker.broker import Broker
 from mqbroker.broker.commands import Caller
 from mqbroker.config import Config
@@ -231,7 +234,7 @@ class Management:
         name = urllib.parse.unquote(vhost)
         if request.method in ("GET", "HEAD") and "monitoring" in tags:
             return
-        if not admin.list_permissions(self.broker, user=user, vhost=name):
+        if not defs.list_permissions(self.broker, user=user, vhost=name):
             raise HTTPError(
                 401, "not_authorised", "User not authorised to access virtual host"
             )
@@ -260,7 +263,7 @@ class Management:
         tags = set(self.broker.users.users[user].tags)
         if tags & {"administrator", "monitoring"}:
             return True
-        return bool(admin.list_permissions(self.broker, user=user, vhost=vhost))
+        return bool(defs.list_permissions(self.broker, user=user, vhost=vhost))
 
     def vhosts_of(self, request: Request) -> list[Any]:
         if "vhost" in request.path_params:
@@ -271,7 +274,7 @@ class Management:
     def queue_rows(self, vhosts: list[Any]) -> list[dict[str, Any]]:
         rows = []
         for vhost in vhosts:
-            sources = admin.dead_letter_targets(vhost)
+            sources = explain.dead_letter_targets(vhost)
             for queue in vhost.queues.values():
                 rows.append(views.queue_json(self.stats, vhost, queue, dl_sources=sources))
         return rows
@@ -496,10 +499,10 @@ def build_app(mgmt: Management) -> ASGIApp:
         if request.method == "GET":
             return js(vhost_json(mgmt.vhost(name)))
         if request.method == "PUT":
-            created = admin.add_vhost(broker, name)
+            created = defs.add_vhost(broker, name)
             return no_content(201 if created else 204)
         mgmt.vhost(name)
-        admin.delete_vhost(broker, name)
+        defs.delete_vhost(broker, name)
         return no_content()
 
     # --------------------------------------------------------- users
@@ -517,7 +520,7 @@ def build_app(mgmt: Management) -> ASGIApp:
                 raise not_found(f"no user '{name}'")
             return js(views.user_json(existing))
         if request.method == "DELETE":
-            if not admin.delete_user(broker, name):
+            if not defs.delete_user(broker, name):
                 raise not_found(f"no user '{name}'")
             return no_content()
         body = await json_body(request)
@@ -525,7 +528,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.split(",") if t.strip()]
         password = body.get("password")
-        created = admin.put_user(
+        created = defs.put_user(
             broker,
             name,
             password=str(password) if password is not None else None,
@@ -538,7 +541,7 @@ def build_app(mgmt: Management) -> ASGIApp:
 
     @api("/api/permissions", ["GET"], read_tags=ADMIN)
     async def permissions(request: Request) -> Response:
-        return listing(request, admin.list_permissions(broker))
+        return listing(request, defs.list_permissions(broker))
 
     @api("/api/permissions/{vhost}/{user}", ["GET", "PUT", "DELETE"], read_tags=ADMIN, write_tags=ADMIN)
     async def permission(request: Request) -> Response:
@@ -547,16 +550,16 @@ def build_app(mgmt: Management) -> ASGIApp:
         if user_name not in broker.users.users:
             raise not_found(f"no user '{user_name}'")
         if request.method == "GET":
-            rows = admin.list_permissions(broker, user=user_name, vhost=vhost_name)
+            rows = defs.list_permissions(broker, user=user_name, vhost=vhost_name)
             if not rows:
                 raise not_found(f"no permissions for '{user_name}' in '{vhost_name}'")
             return js(rows[0])
         if request.method == "DELETE":
-            admin.clear_permissions(broker, user_name, vhost_name)
+            defs.clear_permissions(broker, user_name, vhost_name)
             return no_content()
         body = await json_body(request)
-        existed = bool(admin.list_permissions(broker, user=user_name, vhost=vhost_name))
-        admin.set_permissions(
+        existed = bool(defs.list_permissions(broker, user=user_name, vhost=vhost_name))
+        defs.set_permissions(
             broker,
             user_name,
             vhost_name,
@@ -568,16 +571,16 @@ def build_app(mgmt: Management) -> ASGIApp:
 
     @api("/api/users/{user}/permissions", ["GET"], read_tags=ADMIN)
     async def user_permissions(request: Request) -> Response:
-        return js(admin.list_permissions(broker, user=seg(request, "user")))
+        return js(defs.list_permissions(broker, user=seg(request, "user")))
 
     @api("/api/vhosts/{vhost}/permissions", ["GET"], read_tags=ADMIN)
     async def vhost_permissions(request: Request) -> Response:
-        return js(admin.list_permissions(broker, vhost=vhost_param(request)))
+        return js(defs.list_permissions(broker, vhost=vhost_param(request)))
 
     # ------------------------------------------------------ policies
 
     def policy_rows(vhost: str | None = None) -> list[dict[str, Any]]:
-        return [views.jsonable(p) for p in admin.list_policies(broker, vhost)]
+        return [views.jsonable(p) for p in defs.list_policies(broker, vhost)]
 
     @api("/api/policies", ["GET"])
     async def policies(request: Request) -> Response:
@@ -599,7 +602,7 @@ def build_app(mgmt: Management) -> ASGIApp:
                 raise not_found(f"no policy '{name}' in vhost '{vhost_name}'")
             return js(found[0])
         if request.method == "DELETE":
-            if not admin.clear_policy(broker, vhost_name, name):
+            if not defs.clear_policy(broker, vhost_name, name):
                 raise not_found(f"no policy '{name}' in vhost '{vhost_name}'")
             return no_content()
         body = await json_body(request)
@@ -616,7 +619,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         apply_to = body.get("apply-to") or "all"
         if apply_to not in ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"):
             raise bad_request(f"invalid apply-to '{apply_to}'")
-        admin.set_policy(
+        defs.set_policy(
             broker,
             vhost_name,
             name,
@@ -651,21 +654,21 @@ def build_app(mgmt: Management) -> ASGIApp:
 
         if only_vhost is None:
             for record in body.get("vhosts") or []:
-                admin.add_vhost(broker, str(record["name"]))
+                defs.add_vhost(broker, str(record["name"]))
             for record in body.get("users") or []:
                 name = str(record["name"])
                 tags = record.get("tags") or []
                 if isinstance(tags, str):
                     tags = [t for t in tags.split(",") if t]
                 if "password" in record:
-                    admin.put_user(broker, name, password=str(record["password"]), tags=tags)
+                    defs.put_user(broker, name, password=str(record["password"]), tags=tags)
                 elif str(record.get("password_hash", "")).startswith("pbkdf2-sha256$"):
-                    admin.put_user(
+                    defs.put_user(
                         broker, name, password_hash=str(record["password_hash"]), tags=tags
                     )
             for record in body.get("permissions") or []:
                 if record.get("user") in broker.users.users and record.get("vhost") in broker.vhosts:
-                    admin.set_permissions(
+                    defs.set_permissions(
                         broker,
                         str(record["user"]),
                         str(record["vhost"]),
@@ -706,7 +709,7 @@ def build_app(mgmt: Management) -> ASGIApp:
                 record.get("arguments") or {},
             )
         for record in body.get("policies") or []:
-            admin.set_policy(
+            defs.set_policy(
                 broker,
                 vh(record),
                 str(record["name"]),
@@ -740,7 +743,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         if request.method == "GET":
             return js(views.connection_json(stats, session))
         reason = request.headers.get("x-reason") or "Closed via management plugin"
-        admin.close_session(broker, session, reason)
+        defs.close_session(broker, session, reason)
         return no_content()
 
     @api("/api/connections/{name}/channels", ["GET"])
@@ -877,7 +880,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         if "delivery_mode" in body and props.delivery_mode is None:
             props.delivery_mode = int(body["delivery_mode"])
         with refusals(publish=True):
-            result = admin.publish(
+            result = msgops.publish(
                 broker, vhost.name, exchange.name, str(body["routing_key"]), props, data,
                 user=request.state.user,
             )
@@ -894,7 +897,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         if headers is not None and not isinstance(headers, dict):
             raise bad_request("headers must be an object")
         return js(
-            admin.explain_route(
+            explain.explain_route(
                 broker, vhost.name, exchange.name, str(body.get("routing_key", "")), headers
             )
         )
@@ -938,7 +941,7 @@ def build_app(mgmt: Management) -> ASGIApp:
                     stats,
                     vhost,
                     found,
-                    dl_sources=admin.dead_letter_targets(vhost),
+                    dl_sources=explain.dead_letter_targets(vhost),
                 )
             )
         if request.method == "DELETE":
@@ -997,7 +1000,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         found = mgmt.queue(vhost_param(request), seg(request, "name"))
         body = await json_body(request)
         ackmode = str(body.get("ackmode", "ack_requeue_true"))
-        if ackmode not in admin.ACKMODES:
+        if ackmode not in msgops.ACKMODES:
             raise bad_request(f"unknown ackmode '{ackmode}'")
         encoding = str(body.get("encoding", "auto"))
         if encoding not in ("auto", "base64"):
@@ -1006,7 +1009,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         truncate = as_int(body.get("truncate"))
         with refusals(detail=True):
             cmd.readable_queue(broker, caller(request), found.name)
-        got, epoch = admin.get_messages(broker, found, count, ackmode)
+        got, epoch = msgops.get_messages(broker, found, count, ackmode)
         await mgmt.wait_durable(epoch)
         out = []
         for item in got:
@@ -1022,7 +1025,7 @@ def build_app(mgmt: Management) -> ASGIApp:
         query = request.query_params
         encoding = query.get("encoding", "auto")
         truncate = as_int(query.get("truncate"), 50_000)
-        items, cursor = admin.browse(
+        items, cursor = msgops.browse(
             broker,
             found,
             after=as_int(query.get("after"), 0) or 0,
@@ -1073,7 +1076,7 @@ def build_app(mgmt: Management) -> ASGIApp:
                 cmd.check_write(broker, caller(request), "exchange", "")
             elif mode == "exchange":
                 cmd.check_write(broker, caller(request), "exchange", exchange or "")
-        target = admin.MoveTarget(
+        target = moves.MoveTarget(
             mode,
             queue=dest.get("queue"),
             exchange=exchange,
@@ -1083,12 +1086,12 @@ def build_app(mgmt: Management) -> ASGIApp:
         headers = spec.get("headers") or {}
         if not isinstance(headers, dict):
             raise bad_request("filter.headers must be an object")
-        filt = admin.MoveFilter(
+        filt = moves.MoveFilter(
             reason=spec.get("reason"),
             headers=tuple(sorted((str(k), str(v)) for k, v in headers.items())),
         )
         count = as_int(body.get("count"), 1000) or 0
-        result = admin.move_batch(
+        result = moves.move_batch(
             broker,
             vhost_name,
             name,
@@ -1222,8 +1225,8 @@ def build_app(mgmt: Management) -> ASGIApp:
         vhost = mgmt.vhost(vhost_param(request))
         queue = vhost.declare_queue("aliveness-test", owner=None, durable=False)
         props = views.properties_from_json({})
-        admin.publish(broker, vhost.name, "", queue.name, props, b"test_message")
-        got, _ = admin.get_messages(broker, queue, 1, "ack_requeue_false")
+        msgops.publish(broker, vhost.name, "", queue.name, props, b"test_message")
+        got, _ = msgops.get_messages(broker, queue, 1, "ack_requeue_false")
         if not got or got[0].message.body != b"test_message":
             return js({"status": "failed", "reason": "message did not come back"}, 503)
         return js({"status": "ok"})

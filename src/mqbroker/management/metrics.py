@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 
 from mqbroker import __version__
-from mqbroker.broker import admin
+from mqbroker.broker import explain
 
 if TYPE_CHECKING:
     from mqbroker.management.views import Stats
@@ -141,7 +141,7 @@ class BrokerCollector:
             labels=labels,
         )
         targets = {
-            v.name: admin.dead_letter_targets(v) for v in broker.vhosts.values()
+            v.name: explain.dead_letter_targets(v) for v in broker.vhosts.values()
         }
         for vhost, queue in queues:
             values = [vhost, queue.name]
@@ -154,7 +154,7 @@ class BrokerCollector:
             delivered.add_metric(values, queue.delivered)
             acked.add_metric(values, queue.acked)
             age.add_metric(values, stats.oldest_age(vhost, queue))
-            is_dlq = queue.name in targets[vhost] or admin.looks_like_dlq(queue.name)
+            is_dlq = queue.name in targets[vhost] or explain.looks_like_dlq(queue.name)
             dlq.add_metric(values, 1 if is_dlq else 0)
         yield from (ready, unacked, total, ready_bytes, queue_consumers, published)
         yield from (delivered, acked, age, dlq)

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from mqbroker import __version__
-from mqbroker.broker import admin
+from mqbroker.broker import definitions as defs
+from mqbroker.broker import explain
 from mqbroker.broker.vhost import VHost
 from mqbroker.exchanges.base import Binding
 from mqbroker.exchanges.exchange import Exchange
+from mqbroker.management import trackers
+from mqbroker.model import deaths as dl
 from mqbroker.model.message import Message
 from mqbroker.queues.queue import Queue
 
@@ -136,7 +139,7 @@ def message_json(
         "properties": properties_json(message.props),
     }
     out.update(payload_json(message.body, encoding, truncate))
-    deaths = admin.x_death(message)
+    deaths = dl.x_death(message)
     if deaths:
         out["x_death"] = deaths
     return out
@@ -156,9 +159,9 @@ class Stats:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.queue_rates = admin.RateTracker(window_s=5.0)  # (vhost, name) keys
-        self.global_rates = admin.RateTracker(window_s=5.0)
-        self.ages = admin.AgeTracker()
+        self.queue_rates = trackers.RateTracker(window_s=5.0)  # (vhost, name) keys
+        self.global_rates = trackers.RateTracker(window_s=5.0)
+        self.ages = trackers.AgeTracker()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.HISTORY_S)
         self.first_msg_id = broker.next_msg_id
         self.totals = [0, 0]  # deliver_get, ack since start (incl. deleted queues)
@@ -176,7 +179,7 @@ class Stats:
         for vhost in broker.vhosts.values():
             for queue in vhost.queues.values():
                 key = (vhost.name, queue.name)
-                counters[key] = admin.queue_counters(queue)
+                counters[key] = trackers.queue_counters(queue)
                 pairs.append((key, queue))
                 ready += queue.message_count
                 unacked += queue.unacked
@@ -234,8 +237,8 @@ def queue_json(
     unacked = queue.unacked
     publish, deliver, ack = stats.queue_rates_of(vhost.name, queue.name)
     exclusive_tag = next((c.tag for c in queue.consumers if c.exclusive), None)
-    queue_type = admin.text(queue.arguments.get("x-queue-type") or "classic")
-    policy = admin.effective_policy(stats.broker, vhost.name, "queue", queue.name, queue_type)
+    queue_type = dl.text(queue.arguments.get("x-queue-type") or "classic")
+    policy = defs.effective_policy(stats.broker, vhost.name, "queue", queue.name, queue_type)
     sources = dl_sources.get(queue.name, [])
     return {
         "name": queue.name,
@@ -261,7 +264,7 @@ def queue_json(
         "consumers": queue.consumer_count,
         "exclusive_consumer_tag": exclusive_tag,
         "consumer_utilisation": None,
-        "head_message_timestamp": admin.head_timestamp(queue),
+        "head_message_timestamp": trackers.head_timestamp(queue),
         "message_stats": {
             "publish": queue.published,
             "publish_details": _rate(publish),
@@ -275,12 +278,12 @@ def queue_json(
         # mqbroker extensions
         "oldest_ready_age_seconds": round(stats.oldest_age(vhost.name, queue), 3),
         "dead_letter_sources": sources,
-        "is_dead_letter_queue": bool(sources) or admin.looks_like_dlq(queue.name),
+        "is_dead_letter_queue": bool(sources) or explain.looks_like_dlq(queue.name),
     }
 
 
 def exchange_json(broker: Broker, exchange: Exchange) -> dict[str, Any]:
-    policy = admin.effective_policy(broker, exchange.vhost, "exchange", exchange.name)
+    policy = defs.effective_policy(broker, exchange.vhost, "exchange", exchange.name)
     return {
         "name": exchange.name,
         "vhost": exchange.vhost,
@@ -554,7 +557,7 @@ def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[st
                     "arguments": jsonable(binding.args_dict()),
                 }
             )
-    policies = admin.list_policies(broker, vhost_name)
+    policies = defs.list_policies(broker, vhost_name)
     out: dict[str, Any] = {
         "rabbit_version": broker.config.product_version,
         "rabbitmq_version": broker.config.product_version,
@@ -564,7 +567,7 @@ def export_definitions(broker: Broker, vhost_name: str | None = None) -> dict[st
     if vhost_name is None:
         out["users"] = [user_json(u) for u in broker.users.users.values()]
         out["vhosts"] = [{"name": v.name} for v in vhosts]
-        out["permissions"] = admin.list_permissions(broker)
+        out["permissions"] = defs.list_permissions(broker)
         out["topic_permissions"] = []
         out["parameters"] = []
         out["global_parameters"] = []

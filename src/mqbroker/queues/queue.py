@@ -121,7 +121,7 @@ class Queue:
         )
         self.ready_bytes = 0
         self.unacked = 0
-        # x-message-deduplication: keys of the messages held (queues/dedup.py)
+        # x-message-deduplication: keys of the messages held (queues/dedup.py, model/dedup.py)
         self.dedup: QueueDedup | None = QueueDedup() if self.settings.deduplication else None
         self.consumers: list[Consumer] = []
         self.had_consumers = False
