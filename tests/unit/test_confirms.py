@@ -155,3 +155,17 @@ def test_closed_publisher_channel_leaves_nothing_behind(broker: Broker) -> None:
     assert broker.confirms.early == {}
     (tag,) = _deliveries(consumer)
     consumer.send(method(1, commands.Basic.Ack(delivery_tag=tag)))  # no error
+
+
+def test_confirms_of_one_read_coalesce_into_one_multiple_ack(broker: Broker) -> None:
+    """RabbitMQ answers a burst of transient publishes read together with
+    one ``basic.ack(multiple=true)``; clients test for it and it saves a
+    frame per message."""
+    publisher = Client(broker, "40003")
+    publisher.send(method(1, commands.Confirm.Select()))
+    publisher.methods()
+    burst = b"".join(publish_frames(1, b"x", routing_key="nowhere") for _ in range(50))
+    publisher.send(burst)
+    assert publisher.acks() == [(50, True)]
+    publisher.send(publish_frames(1, b"x", routing_key="nowhere"))
+    assert publisher.acks() == [(51, False)]

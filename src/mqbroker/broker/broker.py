@@ -118,6 +118,8 @@ class Broker:
         self.dirty[queue] = None
 
     def run_dispatch(self) -> None:
+        if self.confirms.ready:
+            self.confirms.flush_ready()
         now = self.wall_ms() if self.dirty else 0
         while self.dirty:
             dirty, self.dirty = self.dirty, {}

@@ -3,7 +3,8 @@
 Strategy (RabbitMQ's ``rabbit_confirms``, plus the group commit): each
 channel has a ``Confirms`` with the sequence numbers it handed out, in
 order, each waiting for the store epoch that holds its writes (0 when it
-wrote nothing durable). ``ConfirmHub`` (one per broker) knows the
+wrote nothing durable); the ones that are safe at once are sent at the end
+of the loop pass, so a burst read together gets one ack. ``ConfirmHub`` (one per broker) knows the
 committed epoch and the channels that wait; after a commit it lets each of
 them send one ``basic.ack(multiple=True)`` covering every sequence number
 that became safe at once. A persistent message that was consumed and acked
@@ -33,6 +34,10 @@ class ConfirmHub:
         # Everything up to ``committed_epoch`` is durable.
         self.committed_epoch = 0
         self.waiters: set[Confirms] = set()
+        # channels with confirms that are safe now: flushed once per loop
+        # pass (``flush_ready``), so a burst of publishes read together is
+        # confirmed by one ``basic.ack(multiple=true)``, as RabbitMQ does
+        self.ready: set[Confirms] = set()
         # msg id -> [confirms, publish seq, persisted entries not yet
         # consumed] for confirm-mode publishes still waiting for a commit
         self.early: dict[int, list[object]] = {}
@@ -46,6 +51,14 @@ class ConfirmHub:
             if confirms.flush(epoch):
                 self.waiters.discard(confirms)
         return True
+
+    def flush_ready(self) -> None:
+        """End of a loop pass: send the confirms that became safe in it."""
+        ready, self.ready = self.ready, set()
+        committed = self.committed_epoch
+        for confirms in ready:
+            if confirms.flush(committed):
+                self.waiters.discard(confirms)
 
     def consumed(self, msg_id: int) -> None:
         """A persisted entry of ``msg_id`` was acked (or delivered with
@@ -97,13 +110,14 @@ class Confirms:
         ``written`` (persisted entries) it may be confirmed early."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        if epoch <= self.hub.committed_epoch and not self.pending:
-            self.send(commands.Basic.Ack(delivery_tag=seq, multiple=False))
-            return seq
         self.pending.append((seq, epoch, msg_id))
-        self.hub.waiters.add(self)
-        if msg_id and written:
-            self.hub.early[msg_id] = [self, seq, written]
+        hub = self.hub
+        if epoch <= hub.committed_epoch:
+            hub.ready.add(self)  # safe now: confirmed at the end of the pass
+        else:
+            hub.waiters.add(self)
+            if msg_id and written:
+                hub.early[msg_id] = [self, seq, written]
         return seq
 
     def nack(self) -> int:
@@ -165,3 +179,4 @@ class Confirms:
         self.consumed_seqs.clear()
         self.tx_epochs.clear()
         self.hub.waiters.discard(self)
+        self.hub.ready.discard(self)
