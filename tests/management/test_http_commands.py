@@ -253,3 +253,60 @@ def test_http_publish_is_deduplicated(api: Api) -> None:
     finally:
         conn.close()
     assert [m["payload"] for m in api.get(queue)] == ["one"]
+
+
+# ------------------------------------------------------ topic permissions
+
+
+def _refused(fn: Callable[[], Any]) -> str:
+    try:
+        fn()
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return f"{exc.reply_code} {exc.reply_text}"
+    return "not refused"
+
+
+def test_topic_permissions_limit_routing_and_binding_keys(api: Api) -> None:
+    with api.user(".*", ".*", ".*") as _:
+        user = api.users[-1]
+    exchange = api.name("x")
+    api.admin.put(f"/api/exchanges/%2F/{exchange}", json={"type": "topic"}).raise_for_status()
+    url = f"/api/topic-permissions/%2F/{user}"
+    assert api.admin.get(url).status_code == 404
+    missing = api.admin.put(url, json={"exchange": exchange, "write": "^a"})
+    assert missing.status_code == 400
+    assert missing.json()["reason"] == "[{key_missing,read}]"
+    created = api.admin.put(
+        url, json={"exchange": exchange, "write": "^a\\.", "read": "^{username}\\."}
+    )
+    assert created.status_code in (201, 204)
+    rows = api.admin.get(url).json()
+    assert rows == [
+        {"user": user, "vhost": "/", "exchange": exchange, "write": "^a\\.",
+         "read": "^{username}\\."}
+    ]
+    assert api.admin.get(f"/api/users/{user}/topic-permissions").json() == rows
+    amqp = api.amqp_url.replace("guest:guest", f"{user}:pw")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(exchange, "a.ok", b"x")  # allowed
+        assert _refused(lambda: ch.basic_publish(exchange, "b.no", b"x")) == (
+            f"403 ACCESS_REFUSED - access to topic 'b.no' in exchange '{exchange}' "
+            f"in vhost '/' refused for user '{user}'"
+        )
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(queue, exchange, f"{user}.events")  # {username} expanded
+        assert _refused(lambda: ch.queue_bind(queue, exchange, "other.events")).startswith(
+            "403 ACCESS_REFUSED - access to topic 'other.events'"
+        )
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("amq.direct", "b.no", b"x")  # only topic exchanges
+    finally:
+        conn.close()
+    assert api.admin.delete(url).status_code == 204
+    assert api.admin.get(url).status_code == 404
+    assert api.admin.delete(url).status_code == 404

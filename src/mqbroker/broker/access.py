@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from mqbroker import errors
 from mqbroker.broker.auth import User, hash_password
+from mqbroker.broker.topic_access import TopicPermissions
 from mqbroker.log import get_logger
 
 if TYPE_CHECKING:
@@ -155,6 +156,8 @@ class AccessControl:
         self.config = broker.config
         self.users = broker.users
         self.permissions: dict[tuple[str, str], Permission] = {}
+        # routing-key restrictions per topic exchange (topic_access.py)
+        self.topics = TopicPermissions(broker.store)
         self.vhost_limits: dict[str, dict[str, int]] = {}
         self.user_limits: dict[str, dict[str, int]] = {}
         self.loopback_users = frozenset(self.config.loopback_users)
@@ -183,6 +186,7 @@ class AccessControl:
             return {"users": len(self.users.users), "vhosts": len(self.broker.vhosts)}
         self.users.users.clear()
         self.permissions.clear()
+        self.topics.recover()
         for _, record in users:
             self.users.put(
                 User(
@@ -310,6 +314,7 @@ class AccessControl:
                 self.broker.store.delete_definition("policy", key)
         del self.broker.vhosts[name]
         self.vhost_limits.pop(name, None)
+        self.topics.forget(vhost=name)
         for perm_key in [k for k in self.permissions if k[1] == name]:
             perm = self.permissions.pop(perm_key)
             self.broker.store.delete_definition(
@@ -385,6 +390,7 @@ class AccessControl:
         if self.users.remove(name) is None:
             return False
         self.user_limits.pop(name, None)
+        self.topics.forget(user=name)
         for key in [k for k in self.permissions if k[0] == name]:
             del self.permissions[key]
             self.broker.store.delete_definition("permission", _permission_key(*key))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mqbroker import errors
+from mqbroker.broker.topic_access import TOPIC
 from mqbroker.exchanges.base import Destination
 from mqbroker.exchanges.exchange import Exchange
 from mqbroker.queues.queue import Queue
@@ -58,6 +59,18 @@ def _vhost(broker: Broker, caller: Caller) -> VHost:
 def _check(broker: Broker, caller: Caller, perm: str, kind: str, name: str) -> None:
     if caller.user is not None:
         broker.access.check(caller.user, caller.vhost, perm, kind, name)
+
+
+def _check_topic(
+    broker: Broker, caller: Caller, vhost: VHost, source: str, binding_key: str
+) -> None:
+    """Binding to a topic exchange: the read topic permission (RabbitMQ)."""
+    topics = broker.access.topics
+    if not topics.active or caller.user is None:
+        return
+    exchange = vhost.exchanges.get(source)
+    if exchange is not None and exchange.type_name == TOPIC:
+        topics.check(caller.user, vhost.name, source, "read", binding_key)
 
 
 # ------------------------------------------------------------ exchanges
@@ -111,6 +124,7 @@ def bind(
     vhost = _vhost(broker, caller)
     _check(broker, caller, "write", dest.kind, dest.name)
     _check(broker, caller, "read", "exchange", source)
+    _check_topic(broker, caller, vhost, source, routing_key)
     if dest.kind == "exchange":
         vhost.get_exchange(dest.name)
     vhost.bind(source, dest, routing_key, arguments, owner=caller.owner)

@@ -1,4 +1,5 @@
-"""Definitions commands: policies, vhosts, users and permissions.
+"""Definitions commands: policies, vhosts, users, permissions and topic
+permissions.
 
 Strategy: thin commands over the access-control object (``access.py``)
 and the policy engine (``policies.py``), which own durability and
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from mqbroker import errors
 from mqbroker.broker.messages import get_vhost
+from mqbroker.broker.topic_access import TopicPermission
 
 if TYPE_CHECKING:
     from mqbroker.broker.broker import Broker
@@ -136,3 +138,34 @@ def close_session(broker: Broker, session: Session, reason: str) -> None:
     """Close a client connection with 320 CONNECTION_FORCED."""
     session.report(errors.ConnectionForced(reason), 0)
     broker.run_dispatch()
+
+
+# ---------------------------------------------------- topic permissions
+
+
+def list_topic_permissions(
+    broker: Broker, *, user: str | None = None, vhost: str | None = None
+) -> list[dict[str, Any]]:
+    return [p.record() for p in broker.access.topics.list(user=user, vhost=vhost)]
+
+
+def set_topic_permission(
+    broker: Broker, user: str, vhost: str, exchange: str, write: str, read: str
+) -> None:
+    if user not in broker.users.users:
+        raise errors.NotFound(f"no user '{user}'")
+    get_vhost(broker, vhost)
+    try:
+        perm = TopicPermission(user, vhost, exchange, write, read)
+    except (TypeError, ValueError) as exc:
+        raise errors.PreconditionFailed(str(exc)) from None
+    broker.access.topics.set(perm)
+    broker.request_commit()
+
+
+def clear_topic_permissions(
+    broker: Broker, user: str, vhost: str, exchange: str | None = None
+) -> int:
+    count = broker.access.topics.clear(user, vhost, exchange)
+    broker.request_commit()
+    return count

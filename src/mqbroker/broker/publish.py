@@ -34,6 +34,7 @@ from mqbroker import errors
 from mqbroker.broker.direct_reply import PREFIX as REPLY_PREFIX
 from mqbroker.broker.direct_reply import PSEUDO_QUEUE
 from mqbroker.broker.router import route
+from mqbroker.broker.topic_access import TOPIC
 from mqbroker.exchanges.base import TimerTarget, Verdict
 from mqbroker.exchanges.exchange import Exchange
 from mqbroker.model.headers import sender_keys
@@ -151,6 +152,9 @@ class Publisher:
                 f"cannot publish to internal exchange '{exchange.name}' in "
                 f"vhost '{vhost.name}'"
             )
+        topics = self.broker.access.topics
+        if topics.active and user is not None and exchange.type_name == TOPIC:
+            topics.check(user, vhost.name, exchange.name, "write", message.routing_key)
         headers = None
         keys = [message.routing_key]
         if flags & (_FLAG_USER_ID | _FLAG_REPLY_TO) or flags & 1:

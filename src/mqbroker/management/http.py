@@ -577,6 +577,50 @@ def build_app(mgmt: Management) -> ASGIApp:
     async def vhost_permissions(request: Request) -> Response:
         return js(defs.list_permissions(broker, vhost=vhost_param(request)))
 
+    @api("/api/topic-permissions", ["GET"], read_tags=ADMIN)
+    async def topic_permissions(request: Request) -> Response:
+        return listing(request, defs.list_topic_permissions(broker))
+
+    @api(
+        "/api/topic-permissions/{vhost}/{user}", ["GET", "PUT", "DELETE"],
+        read_tags=ADMIN, write_tags=ADMIN,
+    )
+    async def topic_permission(request: Request) -> Response:
+        vhost_name, user_name = vhost_param(request), seg(request, "user")
+        mgmt.vhost(vhost_name)
+        if user_name not in broker.users.users:
+            raise not_found(f"no user '{user_name}'")
+        rows = defs.list_topic_permissions(broker, user=user_name, vhost=vhost_name)
+        if request.method == "GET":
+            if not rows:
+                raise not_found()
+            return js(rows)
+        if request.method == "DELETE":
+            exchange = request.query_params.get("exchange")
+            if not defs.clear_topic_permissions(broker, user_name, vhost_name, exchange):
+                raise not_found()
+            return no_content()
+        body = await json_body(request)
+        missing = [k for k in ("exchange", "write", "read") if k not in body]
+        if missing:
+            raise bad_request(
+                "[" + ",".join(f"{{key_missing,{k}}}" for k in missing) + "]"
+            )
+        exchange = str(body["exchange"])
+        existed = any(r["exchange"] == exchange for r in rows)
+        defs.set_topic_permission(
+            broker, user_name, vhost_name, exchange, str(body["write"]), str(body["read"])
+        )
+        return no_content(204 if existed else 201)
+
+    @api("/api/users/{user}/topic-permissions", ["GET"], read_tags=ADMIN)
+    async def user_topic_permissions(request: Request) -> Response:
+        return js(defs.list_topic_permissions(broker, user=seg(request, "user")))
+
+    @api("/api/vhosts/{vhost}/topic-permissions", ["GET"], read_tags=ADMIN)
+    async def vhost_topic_permissions(request: Request) -> Response:
+        return js(defs.list_topic_permissions(broker, vhost=vhost_param(request)))
+
     # ------------------------------------------------------ policies
 
     def policy_rows(vhost: str | None = None) -> list[dict[str, Any]]:
@@ -676,9 +720,23 @@ def build_app(mgmt: Management) -> ASGIApp:
                         str(record.get("write", "")),
                         str(record.get("read", "")),
                     )
+            for record in body.get("topic_permissions") or []:
+                if record.get("user") in broker.users.users and record.get("vhost") in broker.vhosts:
+                    defs.set_topic_permission(
+                        broker,
+                        str(record["user"]),
+                        str(record["vhost"]),
+                        str(record.get("exchange", "")),
+                        str(record.get("write", "")),
+                        str(record.get("read", "")),
+                    )
+        # Imported definitions are the broker's own (an administrator's
+        # endpoint): the command layer without a user, as RabbitMQ does.
         for record in body.get("exchanges") or []:
-            vhost = mgmt.vhost(vh(record))
-            vhost.declare_exchange(
+            mgmt.vhost(vh(record))
+            cmd.declare_exchange(
+                broker,
+                Caller.internal(vh(record)),
                 str(record["name"]),
                 str(record.get("type", "direct")),
                 durable=as_bool(record.get("durable"), True),
@@ -687,22 +745,25 @@ def build_app(mgmt: Management) -> ASGIApp:
                 arguments=record.get("arguments") or {},
             )
         for record in body.get("queues") or []:
-            vhost = mgmt.vhost(vh(record))
-            vhost.declare_queue(
+            mgmt.vhost(vh(record))
+            cmd.declare_queue(
+                broker,
+                Caller.internal(vh(record)),
                 str(record["name"]),
-                owner=None,
                 durable=as_bool(record.get("durable"), True),
                 auto_delete=as_bool(record.get("auto_delete")),
                 arguments=record.get("arguments") or {},
             )
         for record in body.get("bindings") or []:
-            vhost = mgmt.vhost(vh(record))
+            mgmt.vhost(vh(record))
             dest = (
                 Destination("exchange", str(record["destination"]))
                 if record.get("destination_type") == "exchange"
                 else Destination("queue", str(record["destination"]))
             )
-            vhost.bind(
+            cmd.bind(
+                broker,
+                Caller.internal(vh(record)),
                 str(record["source"]),
                 dest,
                 str(record.get("routing_key", "")),
