@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from mqbroker import __version__
-from mqbroker.config import Config
+from mqbroker.config import MAX_MESSAGE_SIZE_LIMIT, Config
 from mqbroker.log import configure, get_logger
 from mqbroker.persistence.errors import StoreError
 
@@ -56,7 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--connection-max", type=int, help="node-wide connection limit (default none)"
     )
+    serve.add_argument(
+        "--max-message-size",
+        type=_message_size,
+        help="largest message body in bytes (default 134217728 = 128 MiB; at most 512 MiB)",
+    )
     return parser
+
+
+def _message_size(text: str) -> int:
+    """RabbitMQ caps max_message_size at 512 MiB (its frames' limit)."""
+    value = int(text)
+    if not 1 <= value <= MAX_MESSAGE_SIZE_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_MESSAGE_SIZE_LIMIT}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -76,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         tls_verify_peer=args.tls_verify_peer,
         tls_fail_if_no_peer_cert=args.tls_fail_if_no_peer_cert,
         connection_max=args.connection_max,
+        max_message_size=args.max_message_size,
         management_tls=args.management_tls,
     )
     if args.no_management:

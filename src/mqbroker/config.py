@@ -15,6 +15,8 @@ from typing import Any
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+# RabbitMQ refuses a max_message_size above 512 MiB; so do we.
+MAX_MESSAGE_SIZE_LIMIT = 512 * MiB
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,9 @@ class Config:
     frame_max: int = 131072
     # 60 s: RabbitMQ's default; a silent peer is dropped after two intervals.
     heartbeat_s: int = 60
-    # 16 MiB: RabbitMQ 4's max_message_size default; bigger is 406.
-    max_message_size: int = 16 * MiB
+    # 128 MiB: RabbitMQ 3.x's max_message_size default (4.0 lowered it to
+    # 16 MiB; set it here to follow); bigger is 406 on the publish.
+    max_message_size: int = 128 * MiB
     # RabbitMQ's default delivery acknowledgement timeout: 30 minutes.
     consumer_timeout_ms: int | None = 1_800_000
     # A client that connects but never finishes the handshake is dropped.
@@ -118,6 +121,9 @@ class Config:
         for key in ("tls_certfile", "tls_keyfile", "tls_cafile"):
             if isinstance(clean.get(key), str):
                 clean[key] = Path(clean[key])
+        size = clean.get("max_message_size")
+        if size is not None and not 1 <= int(size) <= MAX_MESSAGE_SIZE_LIMIT:
+            raise ValueError(f"max_message_size must be between 1 and {MAX_MESSAGE_SIZE_LIMIT}")
         if isinstance(clean.get("loopback_users"), list):
             clean["loopback_users"] = tuple(clean["loopback_users"])
         return replace(self, **clean)

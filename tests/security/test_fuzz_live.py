@@ -129,7 +129,7 @@ CASES = [
     ("body longer than announced",
      pframe.marshal(commands.Basic.Publish(exchange="", routing_key="q"), 1)
      + raw_frame(2, 1, b"\x00\x3c\x00\x00" + (3).to_bytes(8, "big") + b"\x00\x00")
-     + raw_frame(3, 1, b"too long"), 501),
+     + raw_frame(3, 1, b"too long"), 505),
 ]
 
 

@@ -4,6 +4,7 @@ frame errors and both close handshakes (house rule 8: no sockets)."""
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from pamqp import commands
@@ -40,9 +41,12 @@ from mqbroker.protocol.events import (
 )
 
 
-def opened(**server: object) -> ClientPair:
+def opened(**server: Any) -> ClientPair:
     pair = ClientPair(**server)
-    pair.handshake()
+    # Tune-ok within the offer (more than offered is refused, as RabbitMQ).
+    pair.handshake(
+        channel_max=server.get("channel_max", 2047), frame_max=server.get("frame_max", 131072)
+    )
     pair.open_channel(1)
     return pair
 
@@ -177,12 +181,12 @@ def _tuned(
 @pytest.mark.parametrize(
     ("client", "server", "expected"),
     [
-        # (channel_max, frame_max, heartbeat)
-        ((0, 0, 0), (2047, 131072, 60), (2047, 131072, 0)),
+        # (channel_max, frame_max, heartbeat): within the offer, or 0
+        # where the server has no limit either
+        ((2047, 131072, 0), (2047, 131072, 60), (2047, 131072, 0)),
         ((100, 8192, 10), (2047, 131072, 60), (100, 8192, 10)),
-        ((4000, 1 << 20, 600), (2047, 131072, 60), (2047, 131072, 600)),
-        ((10, 0, 60), (2047, 4096, 60), (10, 4096, 60)),
-        ((0, 4096, 5), (2047, 131072, 60), (2047, 4096, 5)),
+        ((10, 4096, 600), (2047, 4096, 60), (10, 4096, 600)),
+        ((0, 4096, 5), (0, 131072, 60), (0, 4096, 5)),
     ],
 )
 def test_tune_ok_negotiation(
@@ -207,6 +211,25 @@ def test_negotiated_frame_max_applies_to_the_reader() -> None:
     # ... 8193 is not, and it is refused from the 7-byte header alone.
     pair.send(struct.pack(">BHI", 3, 1, 8192 - 7))
     raises(pair, errors.FrameError, 501)
+
+
+@pytest.mark.parametrize(
+    ("channel_max", "frame_max"),
+    [(0, 131072), (4000, 131072), (2047, 0), (2047, 1 << 20)],
+)
+def test_tune_ok_beyond_the_offer_is_530_and_closes_at_once(
+    channel_max: int, frame_max: int
+) -> None:
+    """RabbitMQ refuses 0 ("no limit") or more than offered; we say so
+    (530, caused by connection.tune) and stop reading."""
+    pair = ClientPair()
+    authenticating(pair)
+    pair.conn.accept_auth()
+    pair.send(tune_ok(channel_max, frame_max, 60))
+    err = raises(pair, errors.NotAllowed, 530)
+    assert (err.class_id, err.method_id) == (10, 30)
+    pair.conn.report(err, 0)
+    assert pair.state is State.CLOSED
 
 
 @pytest.mark.parametrize("frame_max", [1, 512, 4095])
@@ -507,18 +530,19 @@ def test_content_on_channel_never_opened_is_504() -> None:
     raises(pair, errors.ChannelErrorHard, 504)
 
 
-def test_body_larger_than_declared_is_501() -> None:
+def test_body_larger_than_declared_is_505() -> None:
     pair = opened()
     pair.send(
         method(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 3),
         content_body(1, b"abcd"),
     )
-    raises(pair, errors.FrameError, 501)
+    err = raises(pair, errors.UnexpectedFrame, 505)
+    assert (err.class_id, err.method_id) == (60, 40)
     assert pair.events() == []
 
 
-def test_body_larger_than_declared_over_two_frames_is_501() -> None:
+def test_body_larger_than_declared_over_two_frames_is_505() -> None:
     pair = opened()
     pair.send(
         method(1, commands.Basic.Publish(routing_key="q")),
@@ -526,7 +550,7 @@ def test_body_larger_than_declared_over_two_frames_is_501() -> None:
         content_body(1, b"ab"),
         content_body(1, b"cd"),
     )
-    raises(pair, errors.FrameError, 501)
+    raises(pair, errors.UnexpectedFrame, 505)
 
 
 def test_truncated_content_header_is_502() -> None:
@@ -604,7 +628,8 @@ def test_bad_frame_end_with_error_reported_does_not_spin() -> None:
         isinstance(close, commands.Connection.Close)
         and close.reply_code == 501
     )
-    assert pair.state is State.CLOSING
+    # Framing is lost: the socket closes once the close is written.
+    assert pair.state is State.CLOSED
     for _ in range(3):
         assert pair.next_event() is None
 
@@ -731,9 +756,9 @@ def test_method_shorter_than_its_ids_is_502() -> None:
     ],
 )
 def test_undecodable_method_fields_are_501(payload: bytes) -> None:
-    """RabbitMQ: 501 FRAME_ERROR "cannot decode ..." naming the method; the
-    frame itself was well formed, so the connection still reads its
-    close-ok afterwards."""
+    """RabbitMQ: 501 FRAME_ERROR "cannot decode ..." naming the method;
+    like every 501, the socket closes right after the close (no close-ok
+    wait)."""
     pair = opened()
     pair.send(raw_frame(1, 1, payload))
     error = raises(pair, errors.FrameError, 501)
@@ -744,8 +769,8 @@ def test_undecodable_method_fields_are_501(payload: bytes) -> None:
     pair.conn.report(error, 0)
     ((_, close),) = pair.methods()
     assert close.reply_code == 501
-    (event,) = pair.exchange(method(0, commands.Connection.CloseOk()))
-    assert event == ConnectionClosed(501, close.reply_text, False)
+    assert pair.state is State.CLOSED
+    assert pair.exchange(method(0, commands.Connection.CloseOk())) == []
 
 
 def test_unknown_field_table_type_is_502() -> None:

@@ -183,12 +183,18 @@ class Session:
                 if closed is not None:
                     closed.close()
             elif isinstance(event, StartOk):
-                self.user = handshake.authenticate(
-                    self.broker.access, self, event.mechanism, event.response
-                )
+                try:
+                    self.user = handshake.authenticate(
+                        self.broker.access, self, event.mechanism, event.response
+                    )
+                except errors.AMQPError as exc:
+                    raise exc.with_method(10, 11)  # connection.start-ok
                 self.conn.accept_auth()
             elif isinstance(event, OpenRequested):
-                self.vhost = handshake.open_vhost(self.broker.access, self, event.vhost)
+                try:
+                    self.vhost = handshake.open_vhost(self.broker.access, self, event.vhost)
+                except errors.AMQPError as exc:
+                    raise exc.with_method(10, 40)  # connection.open
                 self.conn.accept_open()
                 self.broker.session_opened(self)
             elif isinstance(event, ConnectionClosed):

@@ -21,7 +21,7 @@ from mqbroker.exchanges.exchange import Exchange
 from mqbroker.exchanges.registry import exchange_type
 from mqbroker.model.keys import store_key
 from mqbroker.persistence.store import Store
-from mqbroker.queues.arguments import check_queue_arguments
+from mqbroker.queues.arguments import check_queue_arguments, check_server_named
 from mqbroker.queues.queue import Queue
 from mqbroker.queues.settings import QueueSettings
 
@@ -64,6 +64,13 @@ def _norm(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     return value
+
+
+def _typed(arguments: dict[str, Any]) -> dict[str, Any]:
+    """No ``x-queue-type`` means classic: redeclaring with it is equivalent."""
+    if _norm(arguments.get("x-queue-type")) == "classic":
+        return {k: v for k, v in arguments.items() if k != "x-queue-type"}
+    return arguments
 
 
 def server_queue_name() -> str:
@@ -129,9 +136,11 @@ class VHost:
         persist: bool = True,
     ) -> Exchange:
         arguments = dict(arguments or {})
+        if name == "":
+            raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.get_exchange(name)
-        if name == "" or name.startswith("amq."):
+        if name.startswith("amq."):
             existing = self.exchanges.get(name)
             if existing is None or not existing.builtin:
                 raise errors.AccessRefused(
@@ -281,6 +290,7 @@ class VHost:
             queue.last_used_ms = self.now_ms()  # x-expires: a declare is a use
             return queue
         if not name:
+            check_server_named(arguments)
             name = server_queue_name()
         elif name.startswith("amq."):
             raise errors.AccessRefused(
@@ -306,10 +316,13 @@ class VHost:
                         f"inequivalent arg '{field}' {where}: received "
                         f"'{_fmt(got)}' but current is '{_fmt(have)}'"
                     )
-            self._check_args(QUEUE_EQUIVALENCE_ARGS, existing.arguments, arguments, where)
+            self._check_args(
+                QUEUE_EQUIVALENCE_ARGS, _typed(existing.arguments), _typed(arguments), where
+            )
             return existing
         check_queue_arguments(
-            arguments, durable=durable, exclusive=exclusive, name=name, vhost=self.name
+            arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete,
+            name=name, vhost=self.name,
         )
         policy, definition = self.policy_for("queue", name)
         queue = Queue(

@@ -17,7 +17,7 @@ vhost, what a method means) comes out as an event.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, cast
 
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
@@ -54,10 +54,14 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# Bodies above this are assembled in one growing buffer (no final join).
+BIG_BODY = 16 * 1024 * 1024
+
+
 class _Channel:
     """Per-channel protocol state: open/closing and content assembly."""
 
-    __slots__ = ("closing", "method", "body_size", "properties", "chunks", "received")
+    __slots__ = ("closing", "method", "body_size", "properties", "chunks", "received", "big")
 
     def __init__(self) -> None:
         self.closing = False
@@ -66,6 +70,9 @@ class _Channel:
         self.properties = b""
         self.chunks: list[bytes] = []
         self.received = 0
+        # A body over BIG_BODY grows in place instead of being joined from
+        # chunks at the end, so it is never held twice.
+        self.big: bytearray | None = None
 
     def reset_content(self) -> None:
         self.method = None
@@ -73,6 +80,7 @@ class _Channel:
         self.properties = b""
         self.chunks = []
         self.received = 0
+        self.big = None
 
 
 CAPABILITIES = {
@@ -152,12 +160,12 @@ class ServerConnection:
                 continue  # header accepted: frames may already be buffered
             try:
                 item = self._reader.next_frame()
+                if item is None:
+                    return None
+                event = self._handle_frame(*item)
             except errors.FrameError:
                 self._broken = True
                 raise
-            if item is None:
-                return None
-            event = self._handle_frame(*item)
             if event is not None:
                 return event
 
@@ -266,21 +274,33 @@ class ServerConnection:
         ).with_method(*_ids(method))
 
     def _negotiate(self, tune_ok: commands.Connection.TuneOk) -> None:
-        def pick(client: int, server: int) -> int:
-            if client == 0:
-                return server
-            if server == 0:
-                return client
-            return min(client, server)
-
-        frame_max = pick(tune_ok.frame_max, self._server_frame_max)
-        if frame_max < codec.FRAME_MIN_SIZE:
-            raise errors.NotAllowed(
-                f"frame_max={tune_ok.frame_max} < {codec.FRAME_MIN_SIZE} min size"
-            )
-        self.frame_max = frame_max
-        self._reader.frame_max = frame_max
-        self.channel_max = pick(tune_ok.channel_max, self._server_channel_max)
+        """Accept the client's limits only within what we offered, as
+        RabbitMQ does: 0 ("no limit") or more than offered, or a frame_max
+        below the spec's minimum, ends the connection (530, reported as
+        caused by connection.tune, and the socket closes at once)."""
+        offered = (
+            ("channel_max", tune_ok.channel_max, self._server_channel_max, 0),
+            ("frame_max", tune_ok.frame_max, self._server_frame_max, codec.FRAME_MIN_SIZE),
+        )
+        for field, client, server, minimum in offered:
+            detail = " (no limit)" if client == 0 else ""
+            if client != 0 and client < minimum:
+                text = (
+                    f"negotiated {field} = {client} is lower than the minimum "
+                    f"allowed value ({minimum})"
+                )
+            elif server != 0 and (client == 0 or client > server):
+                text = (
+                    f"negotiated {field} = {client}{detail} is higher than the "
+                    f"maximum allowed value ({server})"
+                )
+            else:
+                continue
+            self._broken = True  # nothing after this tune-ok is read
+            raise errors.NotAllowed(text).with_method(10, 30)
+        self.frame_max = tune_ok.frame_max or self._server_frame_max
+        self._reader.frame_max = self.frame_max
+        self.channel_max = tune_ok.channel_max or self._server_channel_max
         # The client's heartbeat wins (it may turn them off with 0), as in
         # RabbitMQ, which accepts whatever the client answers in tune-ok.
         self.heartbeat = tune_ok.heartbeat
@@ -331,7 +351,7 @@ class ServerConnection:
             chan.method = method
             return None
         if isinstance(method, commands.Channel.Open):
-            raise errors.ChannelErrorHard("second 'channel.open' seen")
+            raise errors.ChannelErrorHard("second 'channel.open' seen").with_method(20, 10)
         if isinstance(method, commands.Channel.CloseOk):
             return None
         return MethodReceived(channel, method)
@@ -380,6 +400,8 @@ class ServerConnection:
                 ).on_channel(channel)
             chan.body_size = body_size
             chan.properties = properties
+            if body_size > BIG_BODY:
+                chan.big = bytearray()
             if body_size == 0:
                 return self._finish_content(channel, chan, b"")
             return None
@@ -389,11 +411,18 @@ class ServerConnection:
                 "header frame instead"
             ).with_method(60, 40)
         chan.received += len(payload)
+        if chan.big is not None and chan.received <= chan.body_size:
+            chan.big += payload
+            if chan.received < chan.body_size:
+                return None
+            # The buffer is handed on as the body (no bytes() copy): the
+            # broker only reads, slices, stores and sends bodies.
+            return self._finish_content(channel, chan, cast(bytes, chan.big))
         if chan.received > chan.body_size:
-            raise errors.FrameError(
+            raise errors.UnexpectedFrame(
                 f"content body of {chan.received} bytes exceeds the "
                 f"{chan.body_size} announced in its header"
-            )
+            ).with_method(60, 40)
         if chan.received == chan.body_size:
             if chan.chunks:
                 chan.chunks.append(payload)
@@ -558,7 +587,10 @@ class ServerConnection:
         self._close_code = error.reply_code
         self._close_text = error.reply_text
         self._send(0, errors.to_close_method(error, 0))
-        self.state = State.CLOSING
+        # Framing lost (501) or the tune-ok refused: nothing the peer sends
+        # can be read any more, so its close-ok is not awaited either; the
+        # socket closes as soon as the close frame is written.
+        self.state = State.CLOSED if self._broken else State.CLOSING
 
     _close_code = 0
     _close_text = ""
