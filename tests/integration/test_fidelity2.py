@@ -288,3 +288,74 @@ def test_large_persistent_message_round_trips(broker: Any, uniq: Any) -> None:
         ch.queue_delete(name)
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------- TTL 0
+
+
+def _pika(broker: Any) -> Any:
+    return pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port))
+
+
+@pytest.mark.parametrize("how", ["expiration", "x-message-ttl"])
+def test_ttl_zero_without_consumer_is_gone_once_confirmed(broker: Any, uniq: Any, how: str) -> None:
+    name = uniq("q")
+    conn = _pika(broker)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        args = {"x-message-ttl": 0} if how == "x-message-ttl" else {}
+        ch.queue_declare(name, exclusive=True, arguments=args)
+        props = pika.BasicProperties(expiration="0") if how == "expiration" else None
+        for i in range(20):
+            ch.basic_publish("", name, b"m%d" % i, props)
+        # Confirmed: none of them may reach a consumer now or later.
+        assert ch.queue_declare(name, passive=True).method.message_count == 0
+        got: list[bytes] = []
+        ch.basic_consume(name, lambda c, m, p, b: got.append(b), auto_ack=True)
+        conn.process_data_events(time_limit=0.3)
+        assert got == []
+    finally:
+        conn.close()
+
+
+def test_ttl_zero_goes_to_a_waiting_consumer(broker: Any, uniq: Any) -> None:
+    name = uniq("q")
+    conn = _pika(broker)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(name, exclusive=True, arguments={"x-message-ttl": 0})
+        got: list[bytes] = []
+        ch.basic_consume(name, lambda c, m, p, b: got.append(b), auto_ack=True)
+        pub = conn.channel()
+        pub.confirm_delivery()
+        pub.basic_publish("", name, b"now")
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.05)
+        assert got == [b"now"]
+    finally:
+        conn.close()
+
+
+def test_ttl_zero_dead_letters_at_once(broker: Any, uniq: Any) -> None:
+    name, dlq = uniq("q"), uniq("dlq")
+    conn = _pika(broker)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(dlq, exclusive=True)
+        ch.queue_declare(
+            name, exclusive=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
+        )
+        ch.basic_publish("", name, b"dead", pika.BasicProperties(expiration="0"))
+        deadline = time.monotonic() + 5
+        body = None
+        while body is None and time.monotonic() < deadline:
+            _, props, body = ch.basic_get(dlq, auto_ack=True)
+        assert body == b"dead"
+        assert props.headers["x-death"][0]["reason"] == "expired"
+        assert ch.queue_declare(name, passive=True).method.message_count == 0
+    finally:
+        conn.close()

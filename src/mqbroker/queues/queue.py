@@ -237,8 +237,19 @@ class Queue:
         self.published += 1
         if (ttl == 0 or st.has_length_limit) and self.consumers and len(self.ready) == 1:
             # RabbitMQ hands a message to a waiting consumer before it
-            # applies a TTL of 0 or a length limit of 0: deliver it now.
-            self.dispatch(now_ms)
+            # applies a TTL of 0 or a length limit of 0: deliver it now,
+            # whatever its expiry says.
+            consumer = self._pick()
+            if consumer is not None:
+                self._pop()
+                self.unacked += 1
+                self.delivered += 1
+                consumer.deliver(self, entry)
+        if ttl == 0:
+            # Expiry is "at or before now" (RabbitMQ's rule), so a TTL of 0
+            # that found no consumer is gone (or dead-lettered) before the
+            # publish is confirmed, and can never reach a later consumer.
+            self.expire(now_ms)
         if st.has_length_limit:
             self._enforce_length()
         return True, entry.persisted and self.store.durable
@@ -350,7 +361,7 @@ class Queue:
         count = 0
         while ready:
             head = ready.peek()
-            if not head.expires_at or head.expires_at >= now_ms:
+            if not head.expires_at or head.expires_at > now_ms:
                 break
             self._discard(self._pop(), "expired")
             count += 1
@@ -362,7 +373,7 @@ class Queue:
         if self.ready:
             head = self.ready.peek()
             if head.expires_at:
-                deadline = head.expires_at + 1
+                deadline = head.expires_at
         expires = self.settings.expires
         if expires is not None and not self.consumers:
             idle = self.last_used_ms + expires
@@ -526,7 +537,7 @@ class Queue:
         while ready:
             # Per-message TTL can be set on any queue: always check the head.
             head = ready.peek()
-            if head.expires_at and head.expires_at < now_ms:
+            if head.expires_at and head.expires_at <= now_ms:
                 self._discard(self._pop(), "expired")
                 continue
             consumer = self._pick()
