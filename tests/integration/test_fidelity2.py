@@ -359,3 +359,55 @@ def test_ttl_zero_dead_letters_at_once(broker: Any, uniq: Any) -> None:
         assert ch.queue_declare(name, passive=True).method.message_count == 0
     finally:
         conn.close()
+
+
+# ------------------------------------------------------ consumer cancel
+
+
+def _read_quiet(r: RawAMQP, quiet: float = 0.5) -> list[Any]:
+    """Every method frame until the broker has been quiet for ``quiet``."""
+    seen = []
+    while True:
+        try:
+            _, value = r.read_frame(timeout=quiet)
+        except TimeoutError:
+            return seen
+        if isinstance(value, pheader.ContentHeader | pbody.ContentBody):
+            continue
+        seen.append(value)
+
+
+@pytest.mark.parametrize("with_messages", [False, True])
+def test_no_server_cancel_for_a_consumer_the_client_cancelled(
+    raw: Any, uniq: Any, with_messages: bool
+) -> None:
+    """kombu cancels a consumer, then deletes its queue: only the consumer
+    still there gets a server basic.cancel, after the delete-ok."""
+    r: RawAMQP = raw()
+    r.handshake()
+    r.open_channel(1)
+    name = uniq("q")
+    r.send_frame(commands.Queue.Declare(queue=name, exclusive=True), 1)
+    r.expect(commands.Queue.DeclareOk)
+    r.send_frame(commands.Basic.Qos(prefetch_count=1), 1)
+    r.expect(commands.Basic.QosOk)
+    for tag in ("first", "second"):
+        r.send_frame(commands.Basic.Consume(queue=name, consumer_tag=tag), 1)
+        r.expect(commands.Basic.ConsumeOk)
+    if with_messages:
+        for _ in range(3):
+            r.send_frame(commands.Basic.Publish(exchange="", routing_key=name), 1)
+            r.send_frame(pheader.ContentHeader(0, 1, Props()), 1)
+            r.send_frame(pbody.ContentBody(b"x"), 1)
+    r.send_frame(commands.Basic.Cancel(consumer_tag="first"), 1)
+    r.send_frame(commands.Queue.Delete(queue=name), 1)
+    seen = [v for v in _read_quiet(r) if not isinstance(v, commands.Basic.Deliver)]
+    names = [
+        f"{type(v).__name__}:{v.consumer_tag}" if isinstance(v, commands.Basic.Cancel)
+        else type(v).__name__
+        for v in seen
+    ]
+    # (RabbitMQ may send the cancel-ok after the delete-ok when the
+    # consumer had deliveries in flight: only these orders are promised.)
+    assert sorted(names) == ["Cancel:second", "CancelOk", "DeleteOk"], names
+    assert names.index("DeleteOk") < names.index("Cancel:second"), names

@@ -57,6 +57,10 @@ class Broker:
         self.alarm: str | None = None
         self.direct_reply = DirectReply()
         self.dirty: dict[Queue, None] = {}
+        # Server-sent basic.cancel frames of consumers whose queue was just
+        # deleted: sent at the start of the next dispatch pass, so a client
+        # deleting the queue gets its delete-ok first, as from RabbitMQ.
+        self.pending_cancels: list[Callable[[], None]] = []
         self.to_flush: set[Session] = set()
         # Publisher confirms and tx commit-oks (confirms.py); writes made
         # now belong to ``write_epoch`` (the store's current batch).
@@ -120,6 +124,10 @@ class Broker:
     def run_dispatch(self) -> None:
         if self.confirms.ready:
             self.confirms.flush_ready()
+        if self.pending_cancels:
+            cancels, self.pending_cancels = self.pending_cancels, []
+            for notify in cancels:
+                notify()
         now = self.wall_ms() if self.dirty else 0
         while self.dirty:
             dirty, self.dirty = self.dirty, {}

@@ -87,7 +87,12 @@ class Consumer:
         for ``consumer_cancel_notify``."""
         chan = self.channel
         chan.consumers.pop(self.tag, None)
-        if chan.session.cancel_notify and not chan.closed:
+        if chan.session.cancel_notify:
+            chan.session.broker.pending_cancels.append(self._notify_cancel)
+
+    def _notify_cancel(self) -> None:
+        chan = self.channel
+        if not chan.closed and chan.session.conn.is_channel_open(chan.id):
             chan.send(commands.Basic.Cancel(consumer_tag=self.tag, nowait=True))
 
 
