@@ -418,6 +418,11 @@ def test_rates_age_and_metrics(mgmt: Mgmt) -> None:
             time.sleep(0.02)
     queue = mgmt.queue("lag")
     assert queue["message_stats"]["publish_details"]["rate"] > 1
+    # The queue grows: its depth rates are positive (RabbitMQ's
+    # messages_details / messages_ready_details), unacked stays flat.
+    assert queue["messages_details"]["rate"] > 1
+    assert queue["messages_ready_details"]["rate"] > 1
+    assert queue["messages_unacknowledged_details"]["rate"] == 0
     assert queue["oldest_ready_age_seconds"] >= 1.5
     overview = mgmt.http.get("/api/overview").json()
     assert overview["message_stats"]["publish_details"]["rate"] > 1

@@ -30,9 +30,13 @@ class RateTracker:
     (a deleted queue) are forgotten.
     """
 
-    def __init__(self, window_s: float = 5.0, history_s: float = 600.0) -> None:
+    def __init__(
+        self, window_s: float = 5.0, history_s: float = 600.0, *, signed: bool = False
+    ) -> None:
         self.window_s = window_s
         self.history_s = history_s
+        # Depths (messages, ready, unacked) may fall: their rate is signed.
+        self.signed = signed
         self.samples: dict[Any, deque[tuple[float, tuple[int, ...]]]] = {}
 
     def sample(self, now: float, counters: dict[Any, tuple[int, ...]]) -> None:
@@ -60,6 +64,8 @@ class RateTracker:
         dt = now - base_t
         if dt <= 0:
             return None
+        if self.signed:
+            return tuple((a - b) / dt for a, b in zip(latest, base))
         return tuple(max(0.0, (a - b) / dt) for a, b in zip(latest, base))
 
 

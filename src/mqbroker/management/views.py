@@ -160,6 +160,7 @@ class Stats:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.queue_rates = trackers.RateTracker(window_s=5.0)  # (vhost, name) keys
+        self.depth_rates = trackers.RateTracker(window_s=5.0, signed=True)
         self.global_rates = trackers.RateTracker(window_s=5.0)
         self.ages = trackers.AgeTracker()
         self.history: deque[dict[str, Any]] = deque(maxlen=self.HISTORY_S)
@@ -189,6 +190,13 @@ class Stats:
             self.totals[1] += max(0, values[2] - before[2])
         self._last = counters
         self.queue_rates.sample(now, counters)
+        self.depth_rates.sample(
+            now,
+            {
+                key: (q.message_count + q.unacked, q.message_count, q.unacked)
+                for key, q in pairs
+            },
+        )
         self.global_rates.sample(
             now, {"all": (self.published_total(), self.totals[0], self.totals[1])}
         )
@@ -219,6 +227,11 @@ class Stats:
         rates = self.queue_rates.rates((vhost, name))
         return rates if rates is not None else (0.0, 0.0, 0.0)  # type: ignore[return-value]
 
+    def depth_rates_of(self, vhost: str, name: str) -> tuple[float, float, float]:
+        """Change per second of (messages, ready, unacknowledged)."""
+        rates = self.depth_rates.rates((vhost, name))
+        return rates if rates is not None else (0.0, 0.0, 0.0)  # type: ignore[return-value]
+
     def oldest_age(self, vhost: str, queue: Queue) -> float:
         return self.ages.oldest_ready_age((vhost, queue.name), queue, time.monotonic())
 
@@ -236,6 +249,7 @@ def queue_json(
     ready = queue.message_count
     unacked = queue.unacked
     publish, deliver, ack = stats.queue_rates_of(vhost.name, queue.name)
+    depth, depth_ready, depth_unacked = stats.depth_rates_of(vhost.name, queue.name)
     exclusive_tag = next((c.tag for c in queue.consumers if c.exclusive), None)
     queue_type = dl.text(queue.arguments.get("x-queue-type") or "classic")
     policy = defs.effective_policy(stats.broker, vhost.name, "queue", queue.name, queue_type)
@@ -256,9 +270,9 @@ def queue_json(
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
-        "messages_details": _rate(0.0),
-        "messages_ready_details": _rate(0.0),
-        "messages_unacknowledged_details": _rate(0.0),
+        "messages_details": _rate(depth),
+        "messages_ready_details": _rate(depth_ready),
+        "messages_unacknowledged_details": _rate(depth_unacked),
         "message_bytes": queue.ready_bytes,
         "message_bytes_ready": queue.ready_bytes,
         "consumers": queue.consumer_count,
