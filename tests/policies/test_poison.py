@@ -246,12 +246,12 @@ def test_quorum_queue_cannot_be_exclusive(conn, uniq):
     assert "invalid property 'exclusive-owner'" in info.value.reply_text
 
 
-def test_stream_queue_is_refused(inproc, conn, uniq):
+def test_non_durable_stream_queue_is_refused(inproc, conn, uniq):
     ch = conn.channel()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
-        ch.queue_declare(uniq("stream"), durable=True, arguments={"x-queue-type": "stream"})
+        ch.queue_declare(uniq("stream"), durable=False, arguments={"x-queue-type": "stream"})
     assert info.value.reply_code == 406
-    assert "stream" in info.value.reply_text
+    assert "invalid property 'non-durable'" in info.value.reply_text
 
 
 def test_classic_queue_type_accepted(ch, uniq):

@@ -12,9 +12,11 @@ that waited for it.
 from __future__ import annotations
 
 import heapq
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqbroker import errors
@@ -29,6 +31,7 @@ from mqbroker.config import Config
 from mqbroker.exchanges.base import TimerTarget
 from mqbroker.persistence.store import Store
 from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.streams.queue import StreamQueue
 
 if TYPE_CHECKING:
     from mqbroker.broker.session import Session
@@ -46,6 +49,13 @@ class Broker:
         self.users = UserStore()
         self.users.add(config.default_user, config.default_password, ["administrator"])
         self.vhosts: dict[str, VHost] = {}
+        # Stream segments live under the data dir (a temp dir when there is
+        # none: in-memory brokers keep streams only for their lifetime).
+        self.stream_root = (
+            Path(config.data_dir) / "streams"
+            if config.data_dir is not None
+            else Path(tempfile.mkdtemp(prefix="mqbroker-streams-"))
+        )
         # Named policies per vhost (broker/policies.py): set_policy & co.
         self.policies = PolicyStore(self)
         self.add_vhost(config.default_vhost)
@@ -87,7 +97,7 @@ class Broker:
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = VHost(name, self.store)
+            vhost = VHost(name, self.store, self.stream_root)
             vhost.on_queue_deleted = self._queue_deleted
             vhost.on_queue_created = self._queue_created
             vhost.now_ms = self.wall_ms
@@ -162,6 +172,8 @@ class Broker:
     def _queue_created(self, queue: Queue) -> None:
         queue.on_dead_letter = self.publisher.dead_letter
         queue.on_unused = self._queue_unused
+        if isinstance(queue, StreamQueue):
+            queue.on_ready = self.mark_dirty
         self.policies.refresh_queue(queue)  # apply-to by queue type
         self.schedule(queue)
 
@@ -255,7 +267,8 @@ class Broker:
         return self.confirms.committed_epoch
 
     def on_committed(self, epoch: int) -> None:
-        if self.confirms.on_committed(epoch):
+        # Streams whose new entries became readable marked themselves dirty.
+        if self.confirms.on_committed(epoch) or self.dirty:
             self.run_dispatch()
 
     def server_properties(self) -> dict[str, Any]:

@@ -266,6 +266,8 @@ class Channel:
 
     def reject(self, tag: int, multiple: bool, requeue: bool) -> bool:
         taken = self._take(tag, multiple)
+        for delivery in taken:
+            delivery.queue.check_reject()
         if requeue:
             self.requeue(taken)
             return any(d.entry.persisted for d in taken)

@@ -190,6 +190,7 @@ def _consume(s: Session, chan: Channel, m: commands.Basic.Consume) -> None:
             s.reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag))
         return
     queue = cmd.readable_queue(s.broker, s.caller, s.queue_name(chan, m.queue))
+    queue.check_consumer(no_ack=m.no_ack, prefetch=chan.consumer_prefetch)
     if queue.consumers and (m.exclusive or any(c.exclusive for c in queue.consumers)):
         raise errors.AccessRefused(
             f"queue '{queue.name}' in vhost '{queue.vhost}' in exclusive use"

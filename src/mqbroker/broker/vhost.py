@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mqbroker import errors
 from mqbroker.exchanges.base import Destination, freeze_table
@@ -24,6 +27,8 @@ from mqbroker.persistence.store import Store
 from mqbroker.queues.arguments import check_queue_arguments, check_server_named
 from mqbroker.queues.queue import Queue
 from mqbroker.queues.settings import QueueSettings
+from mqbroker.streams.arguments import check_declare as check_stream_arguments
+from mqbroker.streams.queue import StreamQueue
 
 BUILTIN_EXCHANGES = (
     ("", "direct"),
@@ -87,9 +92,10 @@ def binding_key(vhost: str, source: str, dest: Destination, key: str, args: dict
 
 
 class VHost:
-    def __init__(self, name: str, store: Store) -> None:
+    def __init__(self, name: str, store: Store, stream_root: Path | None = None) -> None:
         self.name = name
         self.store = store
+        self.stream_root = stream_root or Path(tempfile.gettempdir()) / "mqbroker-streams"
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         # (exchange, routing key) -> queues, filled by broker/router.py and
@@ -286,9 +292,9 @@ class VHost:
     ) -> Queue:
         arguments = dict(arguments or {})
         if passive:
-            queue = self.get_queue(name, owner)
-            queue.last_used_ms = self.now_ms()  # x-expires: a declare is a use
-            return queue
+            found = self.get_queue(name, owner)
+            found.last_used_ms = self.now_ms()  # x-expires: a declare is a use
+            return found
         if not name:
             check_server_named(arguments)
             name = server_queue_name()
@@ -320,11 +326,22 @@ class VHost:
                 QUEUE_EQUIVALENCE_ARGS, _typed(existing.arguments), _typed(arguments), where
             )
             return existing
+        policy, definition = self.policy_for("queue", name)
+        if _norm(arguments.get("x-queue-type")) == "stream":
+            check_stream_arguments(
+                arguments, name=name, vhost=self.name,
+                durable=durable, exclusive=exclusive, auto_delete=auto_delete,
+            )
+            stream = StreamQueue(
+                self.name, name, arguments=arguments, store=self.store,
+                directory=self.stream_dir(name), policy=definition, now_ms=self.now_ms(),
+            )
+            stream.now_ms = self.now_ms
+            return self._created(stream, persist)
         check_queue_arguments(
             arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete,
             name=name, vhost=self.name,
         )
-        policy, definition = self.policy_for("queue", name)
         queue = Queue(
             self.name,
             name,
@@ -336,13 +353,21 @@ class VHost:
             settings=QueueSettings.build(arguments, policy, definition),
             now_ms=self.now_ms(),
         )
+        return self._created(queue, persist)
+
+    def _created(self, queue: Queue, persist: bool) -> Queue:
+        name = queue.name
         self.queues[name] = queue
         self.routes.clear()
         self.on_queue_created(queue)
-        if durable and not exclusive and persist:
+        if queue.durable and queue.exclusive_owner is None and persist:
             self.store.put_definition("queue", queue.key, self.queue_record(queue))
         self.exchanges[""].impl.bind(Destination("queue", name), name)
         return queue
+
+    def stream_dir(self, name: str) -> Path:
+        """Where a stream's segments live: one folder per vhost and name."""
+        return self.stream_root / quote(self.name, safe="") / quote(name, safe="")
 
     @staticmethod
     def queue_record(queue: Queue) -> dict[str, Any]:

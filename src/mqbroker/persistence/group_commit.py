@@ -59,6 +59,7 @@ def merge_batches(parts: Sequence[WriteBatch]) -> WriteBatch:
         merged.entries.update(part.entries)
         merged.messages.update(part.messages)
         merged.definitions.update(part.definitions)
+        merged.log_marks.extend(part.log_marks)
     return merged
 
 

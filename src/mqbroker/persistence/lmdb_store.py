@@ -42,7 +42,7 @@ from .body_cache import BodyCache
 from .errors import StoreFormatError, StoreFullError
 from .lmdb_apply import Dbs, apply_batch, read_high_water
 from .resident import release_map
-from .store import StoredEntry, StoredMessage, WriteBatch
+from .store import LogSync, StoredEntry, StoredMessage, WriteBatch
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -273,15 +273,24 @@ class LmdbStore:
     def current_epoch(self) -> int:
         return self._batch.epoch
 
+    def add_log(self, log: LogSync) -> None:
+        self._batch.logs[id(log)] = log
+
     def take_batch(self) -> WriteBatch | None:
         batch = self._batch
         if not batch:
             return None
+        batch.mark_logs()
         self._in_flight.append(batch)
         self._batch = WriteBatch(epoch=batch.epoch + 1)
         return batch
 
     def write_batch(self, batch: WriteBatch) -> None:
+        # Logs first: a record that points into a log (a committed group
+        # offset) must never be durable before the entries it points at.
+        batch.sync_logs()
+        if not batch.has_records:
+            return
         while True:
             try:
                 with self._env.begin(write=True) as txn:
@@ -312,6 +321,7 @@ class LmdbStore:
         self._map_size = new_size
 
     def batch_done(self, batch: WriteBatch) -> None:
+        batch.logs_committed()
         for i, pending in enumerate(self._in_flight):
             if pending is batch:
                 del self._in_flight[i]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .records import copy_entry
-from .store import StoredEntry, StoredMessage, WriteBatch
+from .store import LogSync, StoredEntry, StoredMessage, WriteBatch
 
 
 class MemoryStore:
@@ -30,6 +30,7 @@ class MemoryStore:
         self._defs: dict[str, dict[str, dict[str, Any]]] = {}
         self._epoch = 1
         self._dirty = False
+        self._logs: dict[int, LogSync] = {}
         self._max_id = 0
 
     # --- definitions --------------------------------------------------
@@ -125,11 +126,17 @@ class MemoryStore:
     def current_epoch(self) -> int:
         return self._epoch
 
+    def add_log(self, log: LogSync) -> None:
+        self._logs[id(log)] = log
+        self._dirty = True
+
     def take_batch(self) -> WriteBatch | None:
         if not self._dirty:
             return None
         self._dirty = False
-        batch = WriteBatch(epoch=self._epoch)
+        batch = WriteBatch(epoch=self._epoch, logs=self._logs)
+        self._logs = {}
+        batch.mark_logs()
         self._epoch += 1
         return batch
 
@@ -137,7 +144,8 @@ class MemoryStore:
         pass
 
     def batch_done(self, batch: WriteBatch) -> None:
-        pass
+        # In memory nothing is synced: entries become readable at once.
+        batch.logs_committed()
 
     @property
     def durable(self) -> bool:

@@ -53,6 +53,20 @@ class StoredEntry:
     expires_at: int = 0
 
 
+class LogSync(Protocol):
+    """An append-only log committed with the store's batches (a stream):
+    ``commit_mark`` on the loop when the batch is taken, ``sync`` in the
+    worker thread with the batch's write, ``committed`` on the loop once
+    the batch is durable. So one group commit covers queues and logs, and
+    a confirm waits for both."""
+
+    def commit_mark(self) -> Any: ...
+
+    def sync(self, mark: Any) -> None: ...
+
+    def committed(self, mark: Any) -> None: ...
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything the core changed since the last ``take_batch()``."""
@@ -70,6 +84,9 @@ class WriteBatch:
     )
     # queues whose every entry must go (queue deleted or purged)
     dropped_queues: set[str] = field(default_factory=set)
+    # logs appended to in this batch; their marks are taken with the batch
+    logs: dict[int, LogSync] = field(default_factory=dict)
+    log_marks: list[tuple[LogSync, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -77,7 +94,27 @@ class WriteBatch:
             or self.entries
             or self.definitions
             or self.dropped_queues
+            or self.logs
         )
+
+    @property
+    def has_records(self) -> bool:
+        """Anything for the key-value store itself (not only logs)."""
+        return bool(self.messages or self.entries or self.definitions or self.dropped_queues)
+
+    def mark_logs(self) -> None:
+        """On the loop, as the batch is taken: each log's commit mark."""
+        self.log_marks = [(log, log.commit_mark()) for log in self.logs.values()]
+        self.logs = {}
+
+    def sync_logs(self) -> None:
+        for log, mark in self.log_marks:
+            log.sync(mark)
+
+    def logs_committed(self) -> None:
+        marks, self.log_marks = self.log_marks, []
+        for log, mark in marks:
+            log.committed(mark)
 
 
 class Store(Protocol):
@@ -92,6 +129,10 @@ class Store(Protocol):
 
     def definitions(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Committed and pending definitions of one kind (pending win)."""
+        ...
+
+    def add_log(self, log: LogSync) -> None:
+        """``log`` was appended to: commit it with the current batch."""
         ...
 
     # --- messages and queue entries -----------------------------------

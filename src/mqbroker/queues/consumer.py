@@ -8,7 +8,7 @@ these members and imports nothing of the broker.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from mqbroker.queues.queue import Queue, QueueEntry
@@ -19,6 +19,8 @@ class Consumer(Protocol):
     # Higher priorities are served first (``x-priority``).
     priority: int
     exclusive: bool
+    # basic.consume's arguments (a stream reads x-stream-offset & co.)
+    arguments: dict[str, Any]
 
     def has_credit(self) -> bool:
         """It may take one more delivery now (prefetch, socket, flow)."""

@@ -477,6 +477,12 @@ class Queue:
 
     # -------------------------------------------------------- consumers
 
+    def check_consumer(self, *, no_ack: bool, prefetch: int) -> None:
+        """Refuse a consumer this queue type cannot serve (streams)."""
+
+    def check_reject(self) -> None:
+        """Refuse basic.nack/basic.reject where the type has none."""
+
     def add_consumer(self, consumer: Consumer) -> None:
         consumers = self.consumers
         index = len(consumers)

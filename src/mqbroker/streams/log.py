@@ -1,0 +1,319 @@
+"""An append-only stream log: segments, group-committed, read by offset.
+
+Strategy: ``append`` only assigns the offset and adds the entry to a
+bounded buffer (one ``write`` per batch, not per message). The broker's
+group commit takes a ``commit_mark`` on the loop (the buffer goes to the
+file, the files to sync are noted), fsyncs them in its worker thread
+(``sync``), and back on the loop ``committed`` makes the entries visible:
+readers never see an entry whose publish could still be lost, exactly as
+confirms never precede the fsync. Retention drops whole segments, oldest
+first, never the active one; offsets keep counting, so a consumer's offset
+means the same message forever.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mqbroker.streams.segment import HEADER, Segment, encode_entry
+
+# Appended entries are written to the file at the latest once this many
+# bytes wait (or at the next commit mark): the buffer stays bounded.
+WRITE_BUFFER_BYTES = 1 << 20
+DEFAULT_SEGMENT_BYTES = 500_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    offset: int
+    timestamp_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommitMark:
+    next_offset: int
+    fds: tuple[int, ...]
+    sync_dir: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogStats:
+    first_offset: int
+    last_offset: int  # -1: empty
+    messages: int
+    bytes: int
+    segments: int
+    first_timestamp_ms: int
+    last_timestamp_ms: int
+
+
+class StreamLog:
+    def __init__(self, directory: Path, *, max_segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.max_segment_bytes = max_segment_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self.segments: list[Segment] = []
+        self._pending = bytearray()
+        self._pending_first = 0  # offset of the first buffered entry
+        self._to_sync: list[Segment] = []  # written since the last mark
+        self._new_segment = False
+        self.destroyed = False
+        self._open()
+        self.committed_next = self.next_offset
+
+    # ------------------------------------------------------------ open
+
+    def _open(self) -> None:
+        firsts = sorted(int(p.stem) for p in self.directory.glob("*.seg"))
+        for i, first in enumerate(firsts):
+            segment = Segment(self.directory, first)
+            segment.load(verify_tail=i == len(firsts) - 1)
+            self.segments.append(segment)
+        # A tail segment emptied by truncation, or an empty log: start one.
+        if not self.segments:
+            self._start_segment(0)
+        else:
+            tail = self.segments[-1]
+            tail.open_for_append()
+            self._to_sync.append(tail)
+        self._pending_first = self.next_offset
+
+    def _start_segment(self, first_offset: int) -> Segment:
+        segment = Segment(self.directory, first_offset)
+        segment.create()
+        self.segments.append(segment)
+        self._to_sync.append(segment)
+        self._new_segment = True
+        return segment
+
+    # ---------------------------------------------------------- append
+
+    @property
+    def next_offset(self) -> int:
+        return self.segments[-1].next_offset
+
+    @property
+    def first_offset(self) -> int:
+        return self.segments[0].first_offset
+
+    def append(self, payload: bytes, timestamp_ms: int) -> tuple[int, bool]:
+        """Add an entry -> (its offset, whether a new segment was started:
+        the moment retention is looked at)."""
+        tail = self.segments[-1]
+        timestamp_ms = max(timestamp_ms, tail.last_ts)  # never goes back
+        size = HEADER.size + len(payload)
+        rolled = False
+        if tail.count and tail.size + size > self.max_segment_bytes:
+            self._write_pending()
+            if tail.fd is not None and tail not in self._to_sync:
+                tail.close_files()
+            tail = self._start_segment(tail.next_offset)
+            rolled = True
+        offset = tail.next_offset
+        tail.note(offset, tail.size, timestamp_ms)
+        self._pending += encode_entry(offset, timestamp_ms, payload)
+        tail.size += size
+        tail.next_offset = offset + 1
+        if len(self._pending) >= WRITE_BUFFER_BYTES:
+            self._write_pending()
+        return offset, rolled
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            tail = self.segments[-1]
+            assert tail.fd is not None
+            os.write(tail.fd, self._pending)
+            self._pending = bytearray()
+            if tail not in self._to_sync:
+                self._to_sync.append(tail)
+        self._pending_first = self.next_offset
+
+    # ---------------------------------------------------------- commit
+
+    @property
+    def dirty(self) -> bool:
+        return self.committed_next < self.next_offset or bool(self._pending)
+
+    def commit_mark(self) -> CommitMark:
+        """On the loop: hand the buffered entries to the file and note
+        what the worker thread must fsync."""
+        self._write_pending()
+        fds = tuple(s.fd for s in self._to_sync if s.fd is not None)
+        mark = CommitMark(self.next_offset, fds, self._new_segment)
+        self._to_sync = [self.segments[-1]]
+        self._new_segment = False
+        return mark
+
+    def sync(self, mark: CommitMark) -> None:
+        """In a worker thread: make the marked entries durable."""
+        if self.destroyed:
+            return
+        for fd in mark.fds:
+            try:
+                os.fsync(fd)
+            except OSError:
+                if not self.destroyed:  # closed by retention: already synced
+                    raise
+        if mark.sync_dir:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def committed(self, mark: CommitMark) -> bool:
+        """On the loop: entries below the mark are now readable. True
+        when that is news (consumers may have something to read)."""
+        for segment in self.segments[:-1]:
+            if segment.fd is not None and segment.next_offset <= mark.next_offset:
+                segment.close_files()  # sealed and synced
+        if mark.next_offset > self.committed_next:
+            self.committed_next = mark.next_offset
+            return True
+        return False
+
+    # ------------------------------------------------------------ read
+
+    def reader(self, offset: int) -> LogReader:
+        return LogReader(self, offset)
+
+    def segment_for(self, offset: int) -> Segment | None:
+        for segment in reversed(self.segments):
+            if segment.first_offset <= offset:
+                return segment if offset < segment.next_offset else None
+        return None
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int:
+        """The first committed offset stamped at or after the time."""
+        for segment in self.segments:
+            if segment.count and segment.last_ts >= timestamp_ms:
+                offset, position = segment.time_point(timestamp_ms)
+                for entry in _scan(segment, offset, position, self.committed_next):
+                    if entry.timestamp_ms >= timestamp_ms:
+                        return entry.offset
+        return self.committed_next
+
+    # ------------------------------------------------------- retention
+
+    def apply_retention(
+        self, *, max_bytes: int | None, max_age_ms: int | None, now_ms: int
+    ) -> int:
+        """Drop whole segments, oldest first, never the active one."""
+        dropped = 0
+        while len(self.segments) > 1:
+            oldest = self.segments[0]
+            if oldest.fd is not None:  # not yet synced: keep it for now
+                break
+            total = sum(s.size for s in self.segments)
+            too_big = max_bytes is not None and total > max_bytes
+            too_old = max_age_ms is not None and oldest.last_ts < now_ms - max_age_ms
+            if not (too_big or too_old):
+                break
+            oldest.remove()
+            self.segments.pop(0)
+            dropped += 1
+        return dropped
+
+    def stats(self) -> LogStats:
+        first, nxt = self.first_offset, self.committed_next
+        return LogStats(
+            first_offset=first,
+            last_offset=nxt - 1 if nxt > first else -1,
+            messages=max(0, nxt - first),
+            bytes=sum(s.size for s in self.segments),
+            segments=len(self.segments),
+            first_timestamp_ms=self.segments[0].first_ts,
+            last_timestamp_ms=self.segments[-1].last_ts,
+        )
+
+    def close(self) -> None:
+        self._write_pending()
+        for segment in self.segments:
+            segment.close_files()
+
+    def destroy(self) -> None:
+        self.destroyed = True
+        self._pending = bytearray()
+        for segment in self.segments:
+            segment.close_files()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _scan(segment: Segment, offset: int, position: int, limit: int) -> Iterator[Entry]:
+    """Entries of ``segment`` from the one at ``position`` (offset
+    ``offset``) up to, not including, offset ``limit``."""
+    with open(segment.path, "rb") as fh:
+        fh.seek(position)
+        while offset < min(limit, segment.next_offset):
+            head = fh.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return
+            length, _crc, entry_offset, ts = HEADER.unpack(head)
+            payload = fh.read(length)
+            yield Entry(entry_offset, ts, payload)
+            offset = entry_offset + 1
+
+
+class LogReader:
+    """A consumer's position in the log: reads committed entries in order
+    with one open file, crossing segments; never holds more than a batch."""
+
+    def __init__(self, log: StreamLog, offset: int) -> None:
+        self.log = log
+        self.offset = max(offset, log.first_offset)
+        self._fh: BinaryIO | None = None
+        self._segment: Segment | None = None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = None
+        self._segment = None
+
+    def _position(self) -> bool:
+        """Open the segment holding ``self.offset`` at its entry."""
+        log = self.log
+        if self.offset < log.first_offset:  # retention passed us by
+            self.offset = log.first_offset
+        segment = log.segment_for(self.offset)
+        if segment is None:
+            return False
+        self.close()
+        fh = open(segment.path, "rb", buffering=256 * 1024)  # noqa: SIM115
+        offset, position = segment.seek_point(self.offset)
+        fh.seek(position)
+        while offset < self.offset:  # skip to the wanted entry
+            length = HEADER.unpack(fh.read(HEADER.size))[0]
+            fh.seek(length, os.SEEK_CUR)
+            offset += 1
+        self._fh, self._segment = fh, segment
+        return True
+
+    def read(self, max_entries: int = 256, max_bytes: int = 1 << 20) -> list[Entry]:
+        """Up to ``max_entries`` committed entries from the position on."""
+        out: list[Entry] = []
+        size = 0
+        limit = self.log.committed_next
+        if self.offset < self.log.first_offset:
+            self._segment = None  # retention passed us by: reposition
+        while len(out) < max_entries and size < max_bytes and self.offset < limit:
+            segment = self._segment
+            if segment is None or self.offset >= segment.next_offset:
+                if not self._position():
+                    break
+                segment = self._segment
+            fh = self._fh
+            assert fh is not None
+            head = fh.read(HEADER.size)
+            length, _crc, offset, ts = HEADER.unpack(head)
+            payload = fh.read(length)
+            out.append(Entry(offset, ts, payload))
+            size += HEADER.size + length
+            self.offset = offset + 1
+        return out

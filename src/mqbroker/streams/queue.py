@@ -1,0 +1,249 @@
+"""The stream queue type: a queue whose messages are a log, not a list.
+
+Strategy: ``StreamQueue`` answers the broker through the same interface as
+a classic ``Queue`` (offer, dispatch, settle, consumers, counters), so the
+publish pipeline, channels and management need no stream branches; what
+differs is behind it. A publish appends a record to the ``StreamLog`` (its
+own storage, group-committed with the store); every consumer has its own
+cursor and reads from the files at its own offset, so nothing is removed
+on ack: an ack only returns prefetch credit (and moves a group's committed
+offset, ``groups.py``). Entries become readable only once durable, so a
+consumer never sees a message whose publish could still be lost.
+
+Operations RabbitMQ refuses on a stream (basic.get, purge, nack/reject,
+automatic acks, consuming without a prefetch) raise its errors here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from mqbroker import errors
+from mqbroker.model.headers import with_header
+from mqbroker.model.message import Message
+from mqbroker.persistence.store import Store
+from mqbroker.protocol.table import Typed
+from mqbroker.queues.consumer import Consumer
+from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.queues.settings import QueueSettings
+from mqbroker.streams import arguments as sargs
+from mqbroker.streams.log import CommitMark, Entry, LogReader, StreamLog
+
+_HEAD = struct.Struct(">BBHI")  # exchange, routing key, filter, properties lengths
+READ_AHEAD = 128  # entries a cursor holds at most
+
+
+def encode_record(message: Message, filter_value: str | None) -> bytes:
+    exchange = message.exchange.encode()
+    key = message.routing_key.encode()
+    flt = filter_value.encode() if filter_value is not None else b""
+    props = message.properties_raw
+    head = _HEAD.pack(len(exchange), len(key), len(flt) + (filter_value is not None), len(props))
+    return b"".join((head, exchange, key, flt, props, message.body))
+
+
+def decode_record(payload: bytes) -> tuple[str, str, str | None, bytes, bytes]:
+    """-> (exchange, routing key, filter value, raw properties, body)."""
+    elen, klen, flen, plen = _HEAD.unpack_from(payload)
+    pos = _HEAD.size
+    exchange = payload[pos : pos + elen].decode()
+    pos += elen
+    key = payload[pos : pos + klen].decode()
+    pos += klen
+    flt = payload[pos : pos + flen - 1].decode() if flen else None
+    pos += max(flen - 1, 0)
+    props = payload[pos : pos + plen]
+    return exchange, key, flt, props, payload[pos + plen :]
+
+
+class Cursor:
+    """One consumer's position: a reader and what it has read ahead."""
+
+    def __init__(self, reader: LogReader, flt: sargs.StreamFilter | None) -> None:
+        self.reader = reader
+        self.filter = flt
+        self.ahead: deque[Entry] = deque()
+
+    def next_entry(self) -> Entry | None:
+        if not self.ahead:
+            self.ahead.extend(self.reader.read(READ_AHEAD))
+        return self.ahead.popleft() if self.ahead else None
+
+
+class StreamQueue(Queue):
+    kind = "stream"
+
+    def __init__(
+        self,
+        vhost: str,
+        name: str,
+        *,
+        arguments: dict[str, Any],
+        store: Store,
+        directory: Path,
+        policy: dict[str, Any] | None = None,
+        now_ms: int = 0,
+    ) -> None:
+        super().__init__(
+            vhost, name, durable=True, exclusive_owner=None, auto_delete=False,
+            arguments=arguments, store=store, settings=QueueSettings.build({}), now_ms=now_ms,
+        )
+        self.retention = sargs.retention(arguments, policy or {})
+        self.log = StreamLog(directory, max_segment_bytes=self.retention.segment_bytes)
+        self.cursors: dict[Consumer, Cursor] = {}
+        self.now_ms: Callable[[], int] = lambda: now_ms
+        # Set by the broker: new entries became readable (dispatch us).
+        self.on_ready: Callable[[Queue], None] = lambda q: None
+        self._rolled = False
+
+    # ----------------------------------------------------- the interface
+
+    @property
+    def message_count(self) -> int:
+        return self.log.stats().messages
+
+    def check_consumer(self, *, no_ack: bool, prefetch: int) -> None:
+        where = f"queue '{self.name}' in vhost '{self.vhost}'"
+        if no_ack:
+            raise errors.NotImplemented_(
+                f"automatic acknowledgement not supported by stream queues {where}"
+            )
+        if not prefetch:
+            raise errors.PreconditionFailed(f"consumer prefetch count is not set for '{where}'")
+
+    def refuse(self, operation: str) -> errors.AMQPError:
+        return errors.NotImplemented_(
+            f"{operation} not supported by stream queues queue '{self.name}' in vhost '{self.vhost}'"
+        )
+
+    def offer(
+        self, message: Message, now_ms: int, ttl_ms: int | None = None
+    ) -> tuple[bool, bool]:
+        value = (message.headers or {}).get("x-stream-filter-value")
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("utf-8", "replace")
+        _, rolled = self.log.append(
+            encode_record(message, value if isinstance(value, str) else None), now_ms
+        )
+        self._rolled |= rolled
+        self.store.add_log(self)
+        self.published += 1
+        return True, True
+
+    # LogSync: the store commits our log with its batch.
+    def commit_mark(self) -> CommitMark:
+        return self.log.commit_mark()
+
+    def sync(self, mark: CommitMark) -> None:
+        self.log.sync(mark)
+
+    def committed(self, mark: CommitMark) -> None:
+        news = self.log.committed(mark)
+        if self._rolled:
+            self._rolled = False
+            self.apply_retention(self.now_ms())
+        if news and self.consumers:
+            self.on_ready(self)
+
+    def apply_retention(self, now_ms: int) -> int:
+        r = self.retention
+        if r.max_bytes is None and r.max_age_ms is None:
+            return 0
+        return self.log.apply_retention(max_bytes=r.max_bytes, max_age_ms=r.max_age_ms, now_ms=now_ms)
+
+    def expire(self, now_ms: int) -> int:
+        """The broker's timer: age retention (RabbitMQ checks it on a timer
+        and on segment roll)."""
+        return self.apply_retention(now_ms)
+
+    def next_deadline(self) -> int | None:
+        age = self.retention.max_age_ms
+        if age is None or len(self.log.segments) < 2:
+            return None
+        return self.log.segments[0].last_ts + age + 1
+
+    def idle_expired(self, now_ms: int) -> bool:
+        return False
+
+    # --------------------------------------------------------- consumers
+
+    def start_offset(self, spec: sargs.StartSpec) -> int:
+        log = self.log
+        first, nxt = log.first_offset, log.committed_next
+        if spec.kind == "first":
+            return first
+        if spec.kind == "last":
+            return max(first, nxt - 1)
+        if spec.kind == "offset":
+            return min(max(spec.value, first), nxt)
+        if spec.kind == "timestamp":
+            return log.offset_for_timestamp(spec.value)
+        return nxt
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        args = consumer.arguments
+        spec = sargs.start_spec(args.get("x-stream-offset"), self.now_ms())
+        flt = sargs.consume_filter(args)
+        self.cursors[consumer] = Cursor(self.log.reader(self.start_offset(spec)), flt)
+        super().add_consumer(consumer)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        cursor = self.cursors.pop(consumer, None)
+        if cursor is not None:
+            cursor.reader.close()
+        super().remove_consumer(consumer)
+
+    def dispatch(self, now_ms: int) -> None:
+        for consumer, cursor in list(self.cursors.items()):
+            self._feed(consumer, cursor)
+
+    def _feed(self, consumer: Consumer, cursor: Cursor) -> None:
+        flt = cursor.filter
+        while consumer.has_credit():
+            entry = cursor.next_entry()
+            if entry is None:
+                return
+            exchange, key, value, props, body = decode_record(entry.payload)
+            if flt is not None and not flt.passes(value):
+                continue
+            message = with_header(
+                Message(0, exchange, key, props, body), "x-stream-offset", Typed("l", entry.offset)
+            )
+            self.unacked += 1
+            self.delivered += 1
+            consumer.deliver(self, QueueEntry(entry.offset, 0, len(body), message))
+
+    def settle(self, entry: QueueEntry) -> None:
+        self.unacked -= 1
+        self.acked += 1
+
+    def requeue(self, entries: Iterable[QueueEntry]) -> None:
+        """A channel closed with deliveries unacked: a stream keeps every
+        message anyway; a new consumer chooses where to start."""
+        self.unacked -= sum(1 for _ in entries)
+
+    def check_reject(self) -> None:
+        raise self.refuse("basic.nack and basic.reject")
+
+    def reject(self, entry: QueueEntry, reason: str = "rejected") -> None:
+        raise self.refuse("basic.nack and basic.reject")
+
+    def take(self, now_ms: int) -> QueueEntry | None:
+        raise self.refuse("basic.get")
+
+    def purge(self) -> int:
+        raise self.refuse("queue.purge")
+
+    def drop_all(self) -> None:
+        self.deleted = True
+        for cursor in self.cursors.values():
+            cursor.reader.close()
+        self.cursors.clear()
+        self.log.destroy()
+
+    def close(self) -> None:
+        self.log.close()
