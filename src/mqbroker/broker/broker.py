@@ -31,6 +31,7 @@ from mqbroker.config import Config
 from mqbroker.exchanges.base import TimerTarget
 from mqbroker.persistence.store import Store
 from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.streams.groups import GroupRegistry
 from mqbroker.streams.queue import StreamQueue
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class Broker:
             if config.data_dir is not None
             else Path(tempfile.mkdtemp(prefix="mqbroker-streams-"))
         )
+        # Consumer groups of every stream; their offsets are committed
+        # with the next (lazy) group commit.
+        self.stream_groups = GroupRegistry(store)
+        self.stream_groups.on_saved = lambda: self.request_lazy_commit()
         # Named policies per vhost (broker/policies.py): set_policy & co.
         self.policies = PolicyStore(self)
         self.add_vhost(config.default_vhost)
@@ -174,6 +179,7 @@ class Broker:
         queue.on_unused = self._queue_unused
         if isinstance(queue, StreamQueue):
             queue.on_ready = self.mark_dirty
+            queue.groups = self.stream_groups
         self.policies.refresh_queue(queue)  # apply-to by queue type
         self.schedule(queue)
 

@@ -31,7 +31,13 @@ from mqbroker import errors
 from mqbroker.broker.topic_access import TOPIC
 from mqbroker.exchanges.base import Destination
 from mqbroker.exchanges.exchange import Exchange
+from mqbroker.exchanges.superstream import (
+    PARTITION_ARGUMENTS,
+    SuperStreamExchange,
+    partition_count,
+)
 from mqbroker.queues.queue import Queue
+from mqbroker.streams.queue import StreamQueue
 
 if TYPE_CHECKING:
     from mqbroker.broker.broker import Broker
@@ -91,6 +97,11 @@ def declare_exchange(
     vhost = _vhost(broker, caller)
     if not passive and caller.user is not None:
         broker.access.check_exchange_declare(caller.user, vhost.name, name, arguments)
+    existed = name in vhost.exchanges
+    if type_name == SuperStreamExchange.type_name and not passive and not existed:
+        if not durable:
+            raise errors.PreconditionFailed("a super stream is durable: declare it with durable=true")
+        partition_count(dict(arguments or {}))
     exchange = vhost.declare_exchange(
         name,
         type_name,
@@ -100,7 +111,42 @@ def declare_exchange(
         internal=internal,
         arguments=arguments,
     )
+    if isinstance(exchange.impl, SuperStreamExchange) and not existed:
+        _create_partitions(broker, caller, exchange.name, exchange.impl.partitions, arguments or {})
     return exchange
+
+
+def _create_partitions(
+    broker: Broker, caller: Caller, name: str, count: int, arguments: dict[str, Any]
+) -> None:
+    """RabbitMQ's super stream topology: streams NAME-0..NAME-(N-1), bound
+    with keys "0".."N-1" and x-stream-partition-order, declared through
+    this very layer (so the caller needs configure on them too)."""
+    retention = {k: arguments[k] for k in PARTITION_ARGUMENTS if k in arguments}
+    for index in range(count):
+        stream = f"{name}-{index}"
+        declare_queue(
+            broker, caller, stream, durable=True,
+            arguments={"x-queue-type": "stream", **retention},
+        )
+        bind(
+            broker, caller, name, Destination("queue", stream), str(index),
+            {"x-stream-partition-order": index},
+        )
+
+
+def partitions_of(vhost: VHost, name: str) -> list[StreamQueue]:
+    """A super stream's partition streams, in partition order."""
+    exchange = vhost.exchanges.get(name)
+    if exchange is None or not isinstance(exchange.impl, SuperStreamExchange):
+        return []
+    found: list[tuple[int, StreamQueue]] = []
+    for binding in exchange.impl.bindings():
+        queue = vhost.queues.get(binding.destination.name)
+        order = binding.args_dict().get("x-stream-partition-order")
+        if isinstance(queue, StreamQueue) and isinstance(order, int):
+            found.append((order, queue))
+    return [queue for _, queue in sorted(found, key=lambda item: item[0])]
 
 
 def delete_exchange(
@@ -108,7 +154,12 @@ def delete_exchange(
 ) -> None:
     vhost = _vhost(broker, caller)
     _check(broker, caller, "configure", "exchange", name)
+    partitions = partitions_of(vhost, name)
     vhost.delete_exchange(name, if_unused=if_unused)
+    # Deleting a super stream deletes its partitions (RabbitMQ's
+    # ``delete_super_stream``).
+    for stream in partitions:
+        delete_queue(broker, caller, stream.name)
 
 
 def bind(

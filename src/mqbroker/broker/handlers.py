@@ -22,6 +22,8 @@ from mqbroker.broker import commands as cmd
 from mqbroker.broker.channel import Channel, Consumer
 from mqbroker.broker.direct_reply import PSEUDO_QUEUE
 from mqbroker.exchanges.base import Destination
+from mqbroker.streams.arguments import start_spec
+from mqbroker.streams.queue import StreamQueue
 
 if TYPE_CHECKING:
     from mqbroker.broker.session import Session
@@ -189,6 +191,10 @@ def _consume(s: Session, chan: Channel, m: commands.Basic.Consume) -> None:
         if not m.nowait:
             s.reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag))
         return
+    arguments = dict(m.arguments or {})
+    if "x-stream-group" in arguments:
+        _consume_group(s, chan, m, tag, arguments)
+        return
     queue = cmd.readable_queue(s.broker, s.caller, s.queue_name(chan, m.queue))
     queue.check_consumer(no_ack=m.no_ack, prefetch=chan.consumer_prefetch)
     if queue.consumers and (m.exclusive or any(c.exclusive for c in queue.consumers)):
@@ -210,6 +216,42 @@ def _consume(s: Session, chan: Channel, m: commands.Basic.Consume) -> None:
     if not m.nowait:
         s.reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag))
     s.broker.mark_dirty(queue)
+
+
+def _consume_group(
+    s: Session, chan: Channel, m: commands.Basic.Consume, tag: str, arguments: dict[str, Any]
+) -> None:
+    """A consumer-group member: on a stream, or on a super stream by its
+    exchange name (every partition); streams/groups.py splits them."""
+    group = arguments["x-stream-group"]
+    if isinstance(group, bytes):
+        group = group.decode("utf-8", "replace")
+    if not isinstance(group, str) or not group:
+        raise errors.PreconditionFailed("invalid arg 'x-stream-group': a non-empty string")
+    vhost = s.broker.vhosts[s.caller.vhost]
+    partitions = cmd.partitions_of(vhost, m.queue)
+    super_stream: str | None = m.queue if partitions else None
+    if not partitions:
+        queue = cmd.readable_queue(s.broker, s.caller, s.queue_name(chan, m.queue))
+        if not isinstance(queue, StreamQueue):
+            raise errors.PreconditionFailed(
+                f"x-stream-group needs a stream or a super stream, not queue '{queue.name}'"
+            )
+        partitions = [queue]
+    for stream in partitions:
+        cmd.readable_queue(s.broker, s.caller, stream.name)
+        stream.check_consumer(no_ack=m.no_ack, prefetch=chan.consumer_prefetch)
+    spec = start_spec(arguments.get("x-stream-offset"), s.broker.wall_ms())
+    consumer = Consumer(
+        chan, tag, partitions[0], no_ack=False, exclusive=False,
+        prefetch=chan.consumer_prefetch, arguments=arguments,
+    )
+    chan.consumers[tag] = consumer
+    s.broker.stream_groups.join(consumer, vhost.name, group, partitions, spec, super_stream)
+    if not m.nowait:
+        s.reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag))
+    for stream in partitions:
+        s.broker.mark_dirty(stream)
 
 
 @handles(commands.Basic.Cancel)

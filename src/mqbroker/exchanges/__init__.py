@@ -12,7 +12,7 @@ from .registry import EXCHANGE_TYPES, exchange_type, register
 from .topic import TopicExchange
 
 # Types that register themselves beyond the four AMQP ones.
-from . import dedup, delayed  # noqa: E402,F401  isort: skip
+from . import dedup, delayed, superstream  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "EXCHANGE_TYPES",

@@ -31,6 +31,7 @@ from mqbroker.queues.consumer import Consumer
 from mqbroker.queues.queue import Queue, QueueEntry
 from mqbroker.queues.settings import QueueSettings
 from mqbroker.streams import arguments as sargs
+from mqbroker.streams.groups import GroupEntry, GroupRegistry, PartitionState
 from mqbroker.streams.log import CommitMark, Entry, LogReader, StreamLog
 
 _HEAD = struct.Struct(">BBHI")  # exchange, routing key, filter, properties lengths
@@ -99,6 +100,9 @@ class StreamQueue(Queue):
         # Set by the broker: new entries became readable (dispatch us).
         self.on_ready: Callable[[Queue], None] = lambda q: None
         self._rolled = False
+        # consumer groups reading this stream (streams/groups.py)
+        self.groups: GroupRegistry | None = None
+        self.group_states: list[PartitionState] = []
 
     # ----------------------------------------------------- the interface
 
@@ -184,14 +188,20 @@ class StreamQueue(Queue):
             return log.offset_for_timestamp(spec.value)
         return nxt
 
+    def new_cursor(self, offset: int, flt: sargs.StreamFilter | None) -> Cursor:
+        return Cursor(self.log.reader(offset), flt)
+
     def add_consumer(self, consumer: Consumer) -> None:
         args = consumer.arguments
         spec = sargs.start_spec(args.get("x-stream-offset"), self.now_ms())
         flt = sargs.consume_filter(args)
-        self.cursors[consumer] = Cursor(self.log.reader(self.start_offset(spec)), flt)
+        self.cursors[consumer] = self.new_cursor(self.start_offset(spec), flt)
         super().add_consumer(consumer)
 
     def remove_consumer(self, consumer: Consumer) -> None:
+        if self.groups is not None and consumer in self.groups.member_of:
+            self.groups.leave(consumer)
+            return
         cursor = self.cursors.pop(consumer, None)
         if cursor is not None:
             cursor.reader.close()
@@ -199,9 +209,12 @@ class StreamQueue(Queue):
 
     def dispatch(self, now_ms: int) -> None:
         for consumer, cursor in list(self.cursors.items()):
-            self._feed(consumer, cursor)
+            self._feed(consumer, cursor, None)
+        for state in self.group_states:
+            if state.owner is not None and state.cursor is not None:
+                self._feed(state.owner, state.cursor, state)
 
-    def _feed(self, consumer: Consumer, cursor: Cursor) -> None:
+    def _feed(self, consumer: Consumer, cursor: Cursor, state: PartitionState | None) -> None:
         flt = cursor.filter
         while consumer.has_credit():
             entry = cursor.next_entry()
@@ -215,11 +228,27 @@ class StreamQueue(Queue):
             )
             self.unacked += 1
             self.delivered += 1
-            consumer.deliver(self, QueueEntry(entry.offset, 0, len(body), message))
+            if state is None:
+                consumer.deliver(self, QueueEntry(entry.offset, 0, len(body), message))
+                continue
+            if state.group.super_stream is not None:
+                message = with_header(message, "x-stream-partition", self.name)
+            delivery = GroupEntry(entry.offset, 0, len(body), message)
+            delivery.state, delivery.generation = state, state.generation
+            state.delivered(entry.offset)
+            consumer.deliver(self, delivery)
 
     def settle(self, entry: QueueEntry) -> None:
         self.unacked -= 1
         self.acked += 1
+        if isinstance(entry, GroupEntry):
+            state = entry.state
+            state.acked(entry)
+            # The member's credit is shared by every partition it owns:
+            # wake them all, or the first would starve the others.
+            for other in state.group.states:
+                if other.owner is state.owner and other is not state:
+                    other.partition.on_ready(other.partition)
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """A channel closed with deliveries unacked: a stream keeps every
@@ -240,6 +269,8 @@ class StreamQueue(Queue):
 
     def drop_all(self) -> None:
         self.deleted = True
+        if self.groups is not None:
+            self.groups.forget_partition(self)
         for cursor in self.cursors.values():
             cursor.reader.close()
         self.cursors.clear()
