@@ -101,7 +101,7 @@ def ctl_command() -> list[str]:
     found = shutil.which("mqbrokerctl")
     if found:
         return [found]
-    return [sys.executable, "-m", "mqbroker.management.ctl"]
+    return [sys.executable, "-m", "mqbroker.ctl.cli"]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 
 from mqbroker import __version__
-from mqbroker.broker import explain
+from mqbroker.broker import explain, streams_view
 
 if TYPE_CHECKING:
     from mqbroker.management.views import Stats
@@ -158,6 +158,14 @@ class BrokerCollector:
             dlq.add_metric(values, 1 if is_dlq else 0)
         yield from (ready, unacked, total, ready_bytes, queue_consumers, published)
         yield from (delivered, acked, age, dlq)
+        lag = GaugeMetricFamily(
+            "mqbroker_stream_group_lag",
+            "Messages of a stream partition a consumer group has not committed yet",
+            labels=["vhost", "group", "stream"],
+        )
+        for row in streams_view.group_rows(stats.broker):
+            lag.add_metric([row["vhost"], str(row["group"]), row["stream"]], row["lag"])
+        yield lag
 
         import psutil  # type: ignore[import-untyped]
 

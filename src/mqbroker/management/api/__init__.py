@@ -14,6 +14,7 @@ from mqbroker.management.api import (
     overview,
     policies,
     queues,
+    streams,
 )
 from mqbroker.management.routing import RouteTable
 
@@ -27,4 +28,5 @@ TABLES: tuple[RouteTable, ...] = (
     move.routes,
     bindings.routes,
     health.routes,
+    streams.routes,
 )

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from mqbroker.broker import move as moves
-from mqbroker.model import deaths as dl
+from mqbroker.ctl import deaths as dl
+from mqbroker.ctl.deaths import MoveFilter, MoveTarget, jsonable, payload_json
 
 
 class _Shim:
@@ -36,8 +36,6 @@ class _Shim:
 
 
 def _props_json(props: Any) -> dict[str, Any]:
-    from mqbroker.management.views import jsonable
-
     out = {}
     for name in (
         "content_type", "content_encoding", "headers", "delivery_mode", "priority",
@@ -69,8 +67,6 @@ def peek(url: str, queue: str, count: int, truncate: int) -> dict[str, Any]:
             method, props, body = ch.basic_get(queue, auto_ack=False)
             if method is None:
                 break
-            from mqbroker.management.views import payload_json
-
             row: dict[str, Any] = {
                 "seq": method.delivery_tag,
                 "state": "ready",
@@ -80,7 +76,7 @@ def peek(url: str, queue: str, count: int, truncate: int) -> dict[str, Any]:
                 "properties": _props_json(props),
             }
             row.update(payload_json(body, "auto", truncate))
-            deaths = dl.x_death(_Shim(method.routing_key, props.headers))  # type: ignore[arg-type]
+            deaths = dl.x_death(_Shim(method.routing_key, props.headers))
             if deaths:
                 row["x_death"] = deaths
             items.append(row)
@@ -104,10 +100,10 @@ class AmqpMoveResult:
 def move(
     url: str,
     queue: str,
-    target: moves.MoveTarget,
+    target: MoveTarget,
     *,
     count: int | None,
-    filter: moves.MoveFilter | None,
+    filter: MoveFilter | None,
     batch: int,
     dry_run: bool,
     stamp: bool,
@@ -143,7 +139,7 @@ def move(
                     exhausted = True
                     break
                 shim = _Shim(method.routing_key, props.headers)
-                if filter is not None and not filter.matches(shim):  # type: ignore[arg-type]
+                if filter is not None and not filter.matches(shim):
                     result.skipped += 1  # held unacked until the end
                     continue
                 where = _resolve(target, shim)
@@ -206,14 +202,14 @@ def _queue_exists(conn: Any, name: str, known: dict[str, bool]) -> bool:
     return known[name]
 
 
-def _resolve(target: moves.MoveTarget, shim: _Shim) -> tuple[str, str] | None:
+def _resolve(target: MoveTarget, shim: _Shim) -> tuple[str, str] | None:
     if target.mode == "queue":
         return "", target.queue or ""
     if target.mode == "exchange":
         key = target.routing_key if target.routing_key is not None else shim.routing_key
         return target.exchange or "", key
     if target.mode == "origin":
-        name = dl.last_death_queue(shim)  # type: ignore[arg-type]
+        name = dl.last_death_queue(shim)
         return ("", name) if name else None
-    found = dl.first_death_route(shim)  # type: ignore[arg-type]
+    found = dl.first_death_route(shim)
     return (found[0], found[1][0]) if found else None
