@@ -100,3 +100,15 @@ def test_the_rule_sees_function_local_and_relative_imports() -> None:
     local = [n for n in ast.walk(sample) if isinstance(n, ast.ImportFrom)]
     assert local and _unit(local[0].module or "") == "broker"
     assert ORDER.index("broker") > ORDER.index("queues")
+
+
+MAX_LINES = 600
+
+
+@pytest.mark.parametrize(
+    "path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC))
+)
+def test_no_module_over_600_lines(path: Path) -> None:
+    """One job per module: about 400 lines, never more than 600."""
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(SRC)} has {lines} lines"

@@ -24,9 +24,11 @@ def test_the_four_amqp_types() -> None:
     assert exchange_type("fanout") is FanoutExchange
     assert exchange_type("topic") is TopicExchange
     assert exchange_type("headers") is HeadersExchange
-    # plus the plugin-style types of issue 4 (exchanges/delayed.py and
-    # queues/dedup.py), registered when the broker imports them
-    assert set(EXCHANGE_TYPES) - {"x-delayed-message", "x-message-deduplication"} == {
+    # plus the plugin-style types (exchanges/delayed.py, dedup.py and
+    # superstream.py), registered when the broker imports them
+    assert set(EXCHANGE_TYPES) - {
+        "x-delayed-message", "x-message-deduplication", "x-super-stream"
+    } == {
         "direct", "fanout", "topic", "headers"
     }
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mqbroker.perf import cli, idle
+from mqbroker.perf import cli, harness, idle
 from mqbroker.perf.client import Connection
 
 RABBITMQ_DEFAULT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -189,7 +189,7 @@ def find_rabbitmq(url: str | None, explicit: bool) -> RabbitMQ | None:
         return None
     version = conn.version
     conn.close()
-    pid = cli.find_listener_pid(url)
+    pid = harness.find_listener_pid(url)
     if pid and not explicit:
         try:
             import psutil  # type: ignore[import-untyped]

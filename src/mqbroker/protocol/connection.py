@@ -24,6 +24,7 @@ from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
 from mqbroker.protocol import codec
+from mqbroker.protocol.channel_state import BIG_BODY, ChannelState
 from mqbroker.protocol.events import (
     BadProtocolHeader,
     ChannelClosed,
@@ -52,35 +53,6 @@ class State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"  # we sent connection.close, waiting for close-ok
     CLOSED = "closed"
-
-
-# Bodies above this are assembled in one growing buffer (no final join).
-BIG_BODY = 16 * 1024 * 1024
-
-
-class _Channel:
-    """Per-channel protocol state: open/closing and content assembly."""
-
-    __slots__ = ("closing", "method", "body_size", "properties", "chunks", "received", "big")
-
-    def __init__(self) -> None:
-        self.closing = False
-        self.method: commands.Basic.Publish | None = None
-        self.body_size = -1  # -1: waiting for the content header
-        self.properties = b""
-        self.chunks: list[bytes] = []
-        self.received = 0
-        # A body over BIG_BODY grows in place instead of being joined from
-        # chunks at the end, so it is never held twice.
-        self.big: bytearray | None = None
-
-    def reset_content(self) -> None:
-        self.method = None
-        self.body_size = -1
-        self.properties = b""
-        self.chunks = []
-        self.received = 0
-        self.big = None
 
 
 CAPABILITIES = {
@@ -119,7 +91,7 @@ class ServerConnection:
         self.mechanisms = mechanisms
         self.client_properties: dict[str, Any] = {}
         self._reader = codec.FrameReader(codec.FRAME_MIN_SIZE)
-        self._channels: dict[int, _Channel] = {}
+        self._channels: dict[int, ChannelState] = {}
         self.out = bytearray()
         # Output before ``out``: sealed buffers and large bodies, queued
         # as they are so a 64 KB body is never copied (``add_body``).
@@ -363,7 +335,7 @@ class ServerConnection:
                 f"number of channels opened ({len(self._channels)}) has "
                 f"reached the negotiated channel_max ({self.channel_max})"
             )
-        self._channels[channel] = _Channel()
+        self._channels[channel] = ChannelState()
         self._send(channel, commands.Channel.OpenOk())
         return ChannelOpened(channel)
 
@@ -433,7 +405,7 @@ class ServerConnection:
         chan.chunks.append(payload)
         return None
 
-    def _finish_content(self, channel: int, chan: _Channel, body: bytes) -> Event:
+    def _finish_content(self, channel: int, chan: ChannelState, body: bytes) -> Event:
         method = chan.method
         assert method is not None
         event = ContentReceived(
