@@ -239,7 +239,8 @@ class Publisher:
                 taken.append(queue.name)
             else:
                 refused = True
-            dirty[queue] = None
+            if queue.dispatch_on_offer:
+                dirty[queue] = None
             if (
                 session is not None
                 and queue.consumers

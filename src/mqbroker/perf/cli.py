@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic-bindings", type=int, default=100,
                    help="topic: number of bindings (keys perf.tNNN.*, "
                         "spread over the queues)")
+    p.add_argument("--stream-offset", default=None, metavar="first|next|...",
+                   help="stream queues (x-queue-type stream, durable); "
+                        "consumers read from this x-stream-offset "
+                        "(needs --prefetch: streams refuse auto-ack)")
     p.add_argument("--backlog", type=int, default=0,
                    help="publish N messages with no consumer, then drain "
                         "them: fill and drain rates, broker RSS growth")
@@ -127,6 +131,9 @@ def _run(args: argparse.Namespace, ctx: Any, url: str) -> dict[str, Any]:
     consumers = [Worker(ctx, "consumer", {
         "id": c, "url": url, "queues": qs, "autoack": args.autoack,
         "prefetch": args.prefetch, "multi_ack_every": args.multi_ack_every,
+        "consume_args": (
+            {"x-stream-offset": args.stream_offset} if args.stream_offset else {}
+        ),
     }) for c, qs in enumerate(plan.consumer_queues)]
     producers = [Worker(ctx, "producer", {
         "id": p, "url": url, "exchange": plan.exchange,

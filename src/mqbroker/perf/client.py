@@ -228,11 +228,11 @@ class Connection:
         self.rpc(channel, commands.Confirm.Select(), commands.Confirm.SelectOk)
 
     def basic_consume(self, channel: int, queue: str, tag: str, *,
-                      no_ack: bool) -> None:
+                      no_ack: bool, arguments: dict[str, Any] | None = None) -> None:
         """Sends basic.consume without waiting: the consume-ok is read by
         the consumer loop, with the deliveries that may follow it."""
         self.send_frame(channel, commands.Basic.Consume(
-            queue=queue, consumer_tag=tag, no_ack=no_ack))
+            queue=queue, consumer_tag=tag, no_ack=no_ack, arguments=arguments or {}))
 
     def close(self, wait: float = 5.0) -> None:
         """connection.close, then wait up to ``wait`` s for close-ok. A

@@ -162,9 +162,13 @@ def setup(plan: Plan, url: str) -> Connection:
             conn.channel_open(ch)
         conn.exchange_declare(ch, plan.exchange, plan.exchange_type,
                               durable=a.persistent)
+    stream = getattr(a, "stream_offset", None) is not None
     for q in plan.queues:
         _reset_queue(conn, ch, q)
-        conn.queue_declare(ch, q, durable=a.persistent)
+        conn.queue_declare(
+            ch, q, durable=a.persistent or stream,
+            arguments={"x-queue-type": "stream"} if stream else None,
+        )
     for q, key in plan.bindings:
         conn.queue_bind(ch, q, plan.exchange, key)
     return conn
@@ -173,8 +177,7 @@ def setup(plan: Plan, url: str) -> Connection:
 def queue_depth(conn: Connection, plan: Plan) -> int:
     total = 0
     for q in plan.queues:
-        ok = conn.queue_declare(1, q, durable=plan.args.persistent,
-                                passive=True)
+        ok = conn.queue_declare(1, q, passive=True)
         total += int(ok.message_count or 0)
     return total
 

@@ -341,7 +341,7 @@ def _consumer(cfg: dict[str, Any], pipe: Pipe) -> dict[str, Any]:
     cpu0 = time.process_time()
     for qidx, name in queues:
         conn.basic_consume(ch, name, f"perf-c{cfg['id']}-q{qidx}",
-                           no_ack=autoack)
+                           no_ack=autoack, arguments=cfg.get("consume_args"))
 
     sock = conn.sock
     sock.setblocking(False)

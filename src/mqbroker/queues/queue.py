@@ -92,6 +92,10 @@ def _no_hook(queue: Queue) -> None:
 
 
 class Queue:
+    # Whether a publish should trigger a dispatch pass (a stream's new
+    # entries only become readable once committed).
+    dispatch_on_offer = True
+
     def __init__(
         self,
         vhost: str,

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from mqbroker import errors
-from mqbroker.model.headers import with_header
+from mqbroker.model.headers import HeaderStamp, with_header
 from mqbroker.model.message import Message
 from mqbroker.persistence.store import Store
-from mqbroker.protocol.table import Typed
 from mqbroker.queues.consumer import Consumer
 from mqbroker.queues.queue import Queue, QueueEntry
 from mqbroker.queues.settings import QueueSettings
@@ -38,11 +37,16 @@ _HEAD = struct.Struct(">BBHI")  # exchange, routing key, filter, properties leng
 READ_AHEAD = 128  # entries a cursor holds at most
 
 
-def encode_record(message: Message, filter_value: str | None) -> bytes:
+# Deliveries carry their offset: stamped into the properties at publish,
+# so a replay sends what is stored.
+STAMP = HeaderStamp("x-stream-offset")
+FILTER_KEY = b"x-stream-filter-value"
+
+
+def encode_record(message: Message, filter_value: str | None, props: bytes) -> bytes:
     exchange = message.exchange.encode()
     key = message.routing_key.encode()
     flt = filter_value.encode() if filter_value is not None else b""
-    props = message.properties_raw
     head = _HEAD.pack(len(exchange), len(key), len(flt) + (filter_value is not None), len(props))
     return b"".join((head, exchange, key, flt, props, message.body))
 
@@ -77,6 +81,9 @@ class Cursor:
 
 class StreamQueue(Queue):
     kind = "stream"
+    # New entries are readable only once committed (``committed`` wakes
+    # the consumers), so a publish does not make the stream dirty.
+    dispatch_on_offer = False
 
     def __init__(
         self,
@@ -127,11 +134,14 @@ class StreamQueue(Queue):
     def offer(
         self, message: Message, now_ms: int, ttl_ms: int | None = None
     ) -> tuple[bool, bool]:
-        value = (message.headers or {}).get("x-stream-filter-value")
-        if isinstance(value, bytes | bytearray):
-            value = bytes(value).decode("utf-8", "replace")
+        value = None
+        if FILTER_KEY in message.properties_raw:  # decode only when it can be there
+            value = (message.headers or {}).get("x-stream-filter-value")
+            if isinstance(value, bytes | bytearray):
+                value = bytes(value).decode("utf-8", "replace")
+        props = STAMP.stamp(message.properties_raw, self.log.next_offset)
         _, rolled = self.log.append(
-            encode_record(message, value if isinstance(value, str) else None), now_ms
+            encode_record(message, value if isinstance(value, str) else None, props), now_ms
         )
         self._rolled |= rolled
         self.store.add_log(self)
@@ -223,9 +233,7 @@ class StreamQueue(Queue):
             exchange, key, value, props, body = decode_record(entry.payload)
             if flt is not None and not flt.passes(value):
                 continue
-            message = with_header(
-                Message(0, exchange, key, props, body), "x-stream-offset", Typed("l", entry.offset)
-            )
+            message = Message(0, exchange, key, props, body)
             self.unacked += 1
             self.delivered += 1
             if state is None:
