@@ -27,7 +27,7 @@ from policy_support import (
     unique,
 )
 
-from mqbroker.testing import _external
+from mqbroker.testing.handle import external as _external
 
 
 @pytest.fixture

@@ -52,6 +52,16 @@ class ConfirmHub:
                 self.waiters.discard(confirms)
         return True
 
+    def nack_waiting(self) -> None:
+        """Writes failed: every publish still waiting for a commit is
+        nacked (its message may yet be written: a nack means "not known to
+        be safe", and the publisher decides whether to send it again)."""
+        committed = self.committed_epoch
+        for confirms in list(self.waiters):
+            confirms.nack_after(committed)
+        self.waiters.clear()
+        self.early.clear()
+
     def flush_ready(self) -> None:
         """End of a loop pass: send the confirms that became safe in it."""
         ready, self.ready = self.ready, set()
@@ -127,6 +137,16 @@ class Confirms:
         self.flush(self.hub.committed_epoch)
         self.send(commands.Basic.Nack(delivery_tag=seq, multiple=False, requeue=False))
         return seq
+
+    def nack_after(self, committed: int) -> None:
+        """Ack what is safe, nack every publish still waiting."""
+        self.flush(committed)
+        last = 0
+        while self.pending:
+            last = self.pending.popleft()[0]
+        self.consumed_seqs.clear()
+        if last and not self.closed:
+            self.send(commands.Basic.Nack(delivery_tag=last, multiple=True, requeue=False))
 
     def consumed(self, seq: int) -> None:
         """Publish ``seq`` was consumed on every queue before its commit."""

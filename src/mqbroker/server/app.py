@@ -19,6 +19,7 @@ from mqbroker.log import get_logger
 from mqbroker.persistence import GroupCommitter, open_store
 from mqbroker.server.alarms import Alarms
 from mqbroker.server.connection_task import ConnectionTask
+from mqbroker.server.harness import Harness
 from mqbroker.server.timers import (
     run_consumer_timeouts,
     run_release_map,
@@ -37,6 +38,7 @@ class ServerInfo:
     broker: Broker
     tls_port: int | None = None
     alarms: Alarms | None = None
+    harness: Harness | None = None
 
 
 async def serve(
@@ -69,12 +71,21 @@ async def serve(
             **summary,
         )
         alarms = Alarms(broker)
+        harness: Harness | None = None
+
+        def write_failed(exc: Exception) -> None:
+            if harness is not None and harness.failing_writes:
+                harness.nack_waiting()  # an injected fault: nack, keep serving
+            else:
+                alarms.store_full(exc)
+
         committer = GroupCommitter(
             store,
             broker.on_committed,
-            alarms.store_full,
+            write_failed,
             on_recovered=alarms.store_recovered,
         )
+        harness = Harness(broker, committer, alarms)
         broker.request_commit = committer.notify
         broker.request_lazy_commit = committer.notify_lazy
         async with trio.open_nursery() as nursery:
@@ -87,7 +98,12 @@ async def serve(
             port = listeners[0].socket.getsockname()[1]
 
             async def handler(stream: trio.abc.Stream) -> None:
-                await ConnectionTask(broker, stream).run()
+                task = ConnectionTask(broker, stream)
+                harness.tasks.add(task)
+                try:
+                    await task.run()
+                finally:
+                    harness.tasks.discard(task)
 
             await nursery.start(partial(trio.serve_listeners, handler, listeners))
             tls_port = None
@@ -115,12 +131,15 @@ async def serve(
                 management_port=management_port,
             )
             task_status.started(
-                ServerInfo(config.host, port, management_port, broker, tls_port, alarms)
+                ServerInfo(config.host, port, management_port, broker, tls_port, alarms, harness)
             )
             await trio.sleep_forever()
     finally:
-        # Every task has stopped (the committer too): write what is left.
-        if committer is not None:
+        # Every task has stopped (the committer too): write what is left
+        # (unless the harness simulates a SIGKILL: then nothing more is).
+        if harness is not None and harness.crashed:
+            pass
+        elif committer is not None:
             committer.write_remaining()
         else:
             batch = store.take_batch()

@@ -37,6 +37,8 @@ class ConnectionTask:
     def __init__(self, broker: Broker, stream: trio.abc.Stream) -> None:
         self.broker = broker
         self.stream = stream
+        # Set by the test harness: the connection was cut, say nothing.
+        self.dropped = False
         try:
             sock = tls.socket_of(stream)
             if sock is None:
@@ -105,7 +107,7 @@ class ConnectionTask:
                 nursery.cancel_scope.cancel()
         finally:
             access.tcp_connections -= 1
-            if self.conn.state is State.OPEN:
+            if self.conn.state is State.OPEN and not self.dropped:
                 # The broker is stopping (our tasks were cancelled while the
                 # connection was open): tell the client, as RabbitMQ does.
                 await self._say_shutdown()

@@ -1,150 +1,16 @@
-"""pytest plugin: a real mqbroker for your tests.
-
-Usage (the plugin is registered through the ``pytest11`` entry point, so
-installing mqbroker is enough)::
-
-    def test_roundtrip(mqbroker):
-        conn = pika.BlockingConnection(pika.URLParameters(mqbroker.url))
-
-Fixtures:
-- ``mqbroker``: a fresh broker per test, in-process (a trio loop in a
-  thread), on a free port with a temporary data dir.
-- ``mqbroker_session``: one broker for the whole session (cheaper).
-- ``broker``: alias of ``mqbroker`` used by mqbroker's own suite.
-- ``mqbroker_management``: like ``mqbroker`` plus the HTTP management API
-  on a free port (``handle.management_port``, user guest/guest).
-
-Set ``MQBROKER_EXTERNAL_URL=amqp://guest:guest@127.0.0.1:5672/%2F`` to run
-the same tests against another broker (RabbitMQ, for differential runs).
-
-Broker subprocesses (crash and restart tests)
----------------------------------------------
-``BrokerProcess`` runs ``python -m mqbroker serve`` as a child process on a
-given data dir, so a test can SIGKILL it and start it again on the same
-data::
-
-    def test_survives_kill(mqbroker_process):
-        broker = mqbroker_process()          # fresh data dir under tmp_path
-        ...publish with confirms to broker.url...
-        broker.kill()                        # SIGKILL, no clean-up at all
-        broker.restart()                     # same data dir (same port if
-                                             # started with reuse_port=True)
-        ...consume from broker.url...
-
-- ``mqbroker_process(data_dir=None, *, reuse_port=False, port=0,
-  storage="lmdb", extra_args=(), start_timeout=30.0)`` starts a broker and
-  returns its ``BrokerProcess``; every process it started is stopped at
-  teardown (SIGTERM, then SIGKILL).
-- ``.port``, ``.url``, ``.pid``, ``.data_dir``, ``.log_path``;
-  ``.kill()`` (SIGKILL and reap), ``.terminate(timeout)`` (SIGTERM and
-  wait), ``.restart(kill=False)``, ``.wait(timeout)`` (exit code),
-  ``.log_text()``.
-- The broker's stdout and stderr are appended, across restarts, to
-  ``<data_dir>.log`` next to the data dir (``<data_dir>.port`` holds the
-  port file), so a failing test can show what the broker said.
-- ``reuse_port=True`` restarts on the port of the first start (clients can
-  keep one URL); otherwise each start binds a free port.
-"""
+"""Broker subprocesses for crash and restart tests (``mqbroker_process``):
+``python -m mqbroker serve`` on a data dir, killable with SIGKILL and
+restartable on the same data (and port)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
-
-import pytest
-
-
-@dataclass(frozen=True)
-class BrokerHandle:
-    host: str
-    port: int
-    data_dir: Path | None
-    vhost: str = "/"
-    user: str = "guest"
-    password: str = "guest"
-    management_port: int | None = None
-
-    @property
-    def url(self) -> str:
-        vhost = urllib.parse.quote(self.vhost, safe="")
-        return (
-            f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/"
-            f"{vhost}"
-        )
-
-    @property
-    def external(self) -> bool:
-        return self.data_dir is None
-
-
-def _external() -> BrokerHandle | None:
-    url = os.environ.get("MQBROKER_EXTERNAL_URL")
-    if not url:
-        return None
-    parts = urllib.parse.urlparse(url)
-    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return BrokerHandle(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5672,
-        data_dir=None,
-        vhost=vhost,
-        user=parts.username or "guest",
-        password=parts.password or "guest",
-    )
-
-
-def _start(tmp: Path, **overrides: object) -> Iterator[BrokerHandle]:
-    external = _external()
-    if external is not None:
-        yield external
-        return
-    from mqbroker.config import Config
-    from mqbroker.server.embedded import EmbeddedBroker
-
-    config = Config(host="127.0.0.1", port=0, data_dir=tmp, **overrides)  # type: ignore[arg-type]
-    with EmbeddedBroker(config) as running:
-        yield BrokerHandle(
-            host="127.0.0.1",
-            port=running.port,
-            data_dir=tmp,
-            management_port=running.management_port,
-        )
-
-
-@pytest.fixture
-def mqbroker(tmp_path: Path) -> Iterator[BrokerHandle]:
-    yield from _start(tmp_path / "mqbroker-data")
-
-
-@pytest.fixture
-def broker(mqbroker: BrokerHandle) -> BrokerHandle:
-    return mqbroker
-
-
-@pytest.fixture
-def mqbroker_management(tmp_path: Path) -> Iterator[BrokerHandle]:
-    """Like ``mqbroker``, plus the HTTP management API (and ``/metrics``,
-    the dashboard) on a free port: ``handle.management_port``."""
-    yield from _start(tmp_path / "mqbroker-data", management_port=0)
-
-
-@pytest.fixture(scope="session")
-def mqbroker_session() -> Iterator[BrokerHandle]:
-    with tempfile.TemporaryDirectory(prefix="mqbroker-") as tmp:
-        yield from _start(Path(tmp))
-
-
-# ------------------------------------------------------------------------
-# Broker subprocesses
 
 
 class BrokerStartError(RuntimeError):
@@ -338,21 +204,3 @@ class BrokerProcess:
         return f"<BrokerProcess {state} port={port} data_dir={self.data_dir}>"
 
 
-@pytest.fixture
-def mqbroker_process(
-    tmp_path: Path,
-) -> Iterator[Callable[..., BrokerProcess]]:
-    """Factory: ``mqbroker_process(data_dir=None, **kw)`` starts a broker
-    subprocess (see ``BrokerProcess``); all are stopped at teardown."""
-    started: list[BrokerProcess] = []
-
-    def factory(data_dir: Path | None = None, **kw: object) -> BrokerProcess:
-        if data_dir is None:
-            data_dir = tmp_path / f"broker{len(started)}" / "data"
-        proc = BrokerProcess(Path(data_dir), **kw)  # type: ignore[arg-type]
-        started.append(proc)
-        return proc.start()
-
-    yield factory
-    for proc in started:
-        proc.terminate(timeout=5)
