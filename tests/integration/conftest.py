@@ -43,7 +43,7 @@ def raw(broker: Any) -> Iterator[Callable[..., RawAMQP]]:
     opened: list[RawAMQP] = []
 
     def factory(timeout: float = 5.0) -> RawAMQP:
-        r = RawAMQP(broker, timeout)
+        r = RawAMQP.for_broker(broker, timeout)
         opened.append(r)
         return r
 

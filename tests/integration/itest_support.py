@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -13,19 +10,18 @@ from typing import Any
 import pika
 import pika.exceptions
 from pamqp import body as pbody
-from pamqp import commands
-from pamqp import constants as pconst
-from pamqp import frame as pframe
 from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
 
 from amqp_support import Cleanup, pika_params
-
-# Default bound for anything that waits on the broker.
-WAIT = 10.0
-
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-
+from support.frames import (
+    PROTOCOL_HEADER,
+    method_payload,
+    raw_frame,
+    raw_method_frame,
+)
+from support.raw import Closed, RawClient
+from support.waits import WAIT
 
 # ---------------------------------------------------------------- names
 
@@ -149,202 +145,9 @@ def assert_broker_healthy(broker: Any) -> None:
 
 # ---------------------------------------------------------------- raw AMQP
 
-
-class RawClosed(Exception):
-    """The peer closed the socket."""
-
-
-class RawAMQP:
-    """A hand-driven AMQP 0-9-1 client for malformed-frame tests.
-
-    Frames are built with pamqp, or with ``struct`` when they must be
-    malformed on purpose.
-    """
-
-    def __init__(self, broker: Any, timeout: float = 5.0) -> None:
-        self.broker = broker
-        self.sock = socket.create_connection(
-            (broker.host, broker.port), timeout=timeout
-        )
-        self.buf = b""
-        self.frame_max = 0
-        self.channel_max = 0
-
-    # -- plumbing
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def __enter__(self) -> RawAMQP:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_frame(self, value: Any, channel: int = 0) -> None:
-        self.send(pframe.marshal(value, channel))
-
-    def _recv_some(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no data from broker in time")
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            raise RawClosed(str(exc)) from exc
-        except TimeoutError as exc:
-            raise TimeoutError("no data from broker in time") from exc
-        if not data:
-            raise RawClosed("EOF")
-        self.buf += data
-
-    def read_exact(self, n: int, timeout: float = WAIT) -> bytes:
-        deadline = time.monotonic() + timeout
-        while len(self.buf) < n:
-            self._recv_some(deadline)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_until_eof(self, timeout: float = WAIT) -> bytes:
-        """Everything the broker sends until it closes the socket."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._recv_some(deadline)
-            except RawClosed:
-                out, self.buf = self.buf, b""
-                return out
-
-    def read_frame(
-        self, timeout: float = WAIT, skip_heartbeats: bool = True
-    ) -> tuple[int, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            head = self.read_exact(7, max(deadline - time.monotonic(), 0.001))
-            _ftype, _chan, size = struct.unpack(">BHI", head)
-            rest = self.read_exact(
-                size + 1, max(deadline - time.monotonic(), 0.001)
-            )
-            _, chan, value = pframe.unmarshal(head + rest)
-            if skip_heartbeats and isinstance(value, pheartbeat.Heartbeat):
-                continue
-            return chan, value
-
-    def expect(self, cls: type, timeout: float = WAIT) -> Any:
-        _, value = self.read_frame(timeout)
-        assert isinstance(value, cls), (
-            f"expected {cls.__name__}, got {value!r}"
-        )
-        return value
-
-    # -- handshake
-
-    def handshake(
-        self,
-        vhost: str | None = None,
-        frame_max: int | None = None,
-        channel_max: int | None = None,
-        heartbeat: int = 0,
-    ) -> None:
-        """Protocol header, Start/Start-Ok (PLAIN), Tune/Tune-Ok, Open/Open-Ok."""
-        self.send(PROTOCOL_HEADER)
-        start = self.expect(commands.Connection.Start)
-        mechanisms = start.mechanisms
-        if isinstance(mechanisms, bytes):
-            mechanisms = mechanisms.decode()
-        assert "PLAIN" in mechanisms.split(), mechanisms
-        self.send_frame(
-            commands.Connection.StartOk(
-                client_properties={
-                    "product": "mqbroker-raw-test",
-                    "capabilities": {
-                        "consumer_cancel_notify": True,
-                        "connection.blocked": True,
-                        "authentication_failure_close": True,
-                    },
-                },
-                mechanism="PLAIN",
-                response=f"\0{self.broker.user}\0{self.broker.password}",
-                locale="en_US",
-            )
-        )
-        tune = self.expect(commands.Connection.Tune)
-        self.frame_max = frame_max if frame_max is not None else tune.frame_max
-        self.channel_max = (
-            channel_max if channel_max is not None else tune.channel_max
-        )
-        self.send_frame(
-            commands.Connection.TuneOk(
-                channel_max=self.channel_max,
-                frame_max=self.frame_max,
-                heartbeat=heartbeat,
-            )
-        )
-        self.send_frame(
-            commands.Connection.Open(virtual_host=vhost or self.broker.vhost)
-        )
-        self.expect(commands.Connection.OpenOk)
-
-    def open_channel(self, channel: int = 1) -> None:
-        self.send_frame(commands.Channel.Open(), channel)
-        chan, value = self.read_frame()
-        assert chan == channel and isinstance(
-            value, commands.Channel.OpenOk
-        ), value
-
-    # -- closing
-
-    def expect_connection_close(
-        self, timeout: float = WAIT, wait_eof: bool = True
-    ) -> Any:
-        """Read until Connection.Close (skipping anything else), answer
-        Close-Ok and (unless ``wait_eof`` is false) check that the broker
-        then closes the socket."""
-        deadline = time.monotonic() + timeout
-        while True:
-            chan, value = self.read_frame(
-                max(deadline - time.monotonic(), 0.001)
-            )
-            if isinstance(value, commands.Connection.Close):
-                assert chan == 0, f"connection.close on channel {chan}"
-                break
-        with contextlib.suppress(OSError):
-            self.send_frame(commands.Connection.CloseOk())
-        # After close-ok the server must drop the socket.
-        if wait_eof:
-            self.read_until_eof(timeout=max(deadline - time.monotonic(), 1.0))
-        return value
-
-
-def raw_method_frame(
-    channel: int, payload: bytes, frame_end: int = pconst.FRAME_END
-) -> bytes:
-    return (
-        struct.pack(">BHI", pconst.FRAME_METHOD, channel, len(payload))
-        + payload
-        + bytes([frame_end])
-    )
-
-
-def raw_frame(
-    ftype: int, channel: int, payload: bytes, frame_end: int = pconst.FRAME_END
-) -> bytes:
-    return (
-        struct.pack(">BHI", ftype, channel, len(payload))
-        + payload
-        + bytes([frame_end])
-    )
-
-
-def method_payload(value: Any) -> bytes:
-    """Class id + method id + marshalled arguments of a pamqp method."""
-    full = pframe.marshal(value, 0)
-    return full[7:-1]
+# The suites share one raw client (tests/support/raw.py).
+RawAMQP = RawClient
+RawClosed = Closed
 
 
 __all__ = [

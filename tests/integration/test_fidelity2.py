@@ -411,3 +411,79 @@ def test_no_server_cancel_for_a_consumer_the_client_cancelled(
     # consumer had deliveries in flight: only these orders are promised.)
     assert sorted(names) == ["Cancel:second", "CancelOk", "DeleteOk"], names
     assert names.index("DeleteOk") < names.index("Cancel:second"), names
+
+
+# ---------------------------------------- at-least-once dead-lettering
+
+
+def _nack_all(conn: Any, ch: Any, queue: str, count: int) -> None:
+    got: list[int] = []
+    ch.basic_qos(prefetch_count=count)
+    tag = ch.basic_consume(queue, lambda c, m, p, b: got.append(m.delivery_tag))
+    deadline = time.monotonic() + 5
+    while len(got) < count and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    ch.basic_cancel(tag)
+    for t in got:
+        ch.basic_nack(t, requeue=False)
+
+
+def test_at_least_once_holds_a_dead_letter_until_the_target_takes_it(broker: Any, uniq: Any) -> None:
+    if broker.external:
+        pytest.skip("RabbitMQ resends a held dead letter only after its publisher-confirm "
+                    "timeout (180 s by default); mqbroker retries every second")
+    source, target = uniq("src"), uniq("dlq")
+    conn = _pika(broker)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(target, durable=True, arguments={
+            "x-max-length": 1, "x-overflow": "reject-publish"})
+        ch.queue_declare(source, durable=True, arguments={
+            "x-queue-type": "quorum", "x-overflow": "reject-publish",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": target})
+        ch.confirm_delivery()
+        for body in (b"one", b"two"):
+            ch.basic_publish("", source, body, pika.BasicProperties(delivery_mode=2))
+        _nack_all(conn, ch, source, 2)
+        deadline = time.monotonic() + 5
+        while ch.queue_declare(target, passive=True).method.message_count < 1 and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.05)
+        time.sleep(0.5)
+        assert ch.queue_declare(target, passive=True).method.message_count == 1  # full
+        _, _, first = ch.basic_get(target, auto_ack=True)  # room for one more
+        body = None
+        deadline = time.monotonic() + 20  # RabbitMQ retries on a timer too
+        while body is None and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.2)
+            _, _, body = ch.basic_get(target, auto_ack=True)
+        assert {first, body} == {b"one", b"two"}  # the second was held, not lost
+        ch.queue_delete(source)
+        ch.queue_delete(target)
+    finally:
+        conn.close()
+
+
+def test_at_most_once_is_the_default_and_drops(broker: Any, uniq: Any) -> None:
+    source, target = uniq("src"), uniq("dlq")
+    conn = _pika(broker)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(target, durable=True, arguments={
+            "x-max-length": 1, "x-overflow": "reject-publish"})
+        ch.queue_declare(source, durable=True, arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": target})
+        ch.confirm_delivery()
+        for body in (b"one", b"two"):
+            ch.basic_publish("", source, body, pika.BasicProperties(delivery_mode=2))
+        _nack_all(conn, ch, source, 2)
+        time.sleep(0.5)
+        ch.basic_get(target, auto_ack=True)
+        time.sleep(1.5)
+        conn.process_data_events(time_limit=0.1)
+        assert ch.queue_declare(target, passive=True).method.message_count == 0  # the second is gone
+        ch.queue_delete(source)
+        ch.queue_delete(target)
+    finally:
+        conn.close()

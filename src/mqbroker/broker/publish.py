@@ -334,19 +334,21 @@ class Publisher:
         target[0].deliver_direct(target[1], message)
         return True
 
-    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> bool:
         """Publish a message that left ``queue`` for ``reason`` to the
-        queue's dead-letter exchange (dropped if there is none)."""
+        queue's dead-letter exchange (dropped if there is none). True when
+        every target queue took the copy: at-least-once dead-lettering
+        keeps the message in its queue until then."""
         settings = queue.settings
         dlx_name = settings.dead_letter_exchange
         if dlx_name is None:
-            return
+            return False
         vhost = self.broker.vhosts.get(queue.vhost)
         if vhost is None:
-            return
+            return False
         dlx = vhost.exchanges.get(dlx_name)
         if dlx is None:
-            return
+            return False
         override = settings.dead_letter_routing_key
         raw, deaths = dead_letter_properties(
             message, queue.name, reason, datetime.datetime.now(datetime.UTC), override
@@ -356,8 +358,10 @@ class Publisher:
         targets = route(vhost, dlx, keys, copy.headers)
         if reason != "rejected":
             targets = tuple(t for t in targets if not is_cycle(deaths, t.name))
-        if self.offer(targets, copy, None).durable:
+        outcome = self.offer(targets, copy, None)
+        if outcome.durable:
             self.broker.request_commit()
+        return outcome.routed and not outcome.refused
 
     def codec_properties(self, props: Any) -> bytes:
         """Encode management-API properties (one place for the codec)."""

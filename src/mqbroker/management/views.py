@@ -274,6 +274,8 @@ def queue_json(
         "messages_ready_details": _rate(depth_ready),
         "messages_unacknowledged_details": _rate(depth_unacked),
         "message_bytes": queue.ready_bytes,
+        # at-least-once dead letters waiting for a target (RabbitMQ's name)
+        "messages_dlx": len(queue.dlx_pending),
         "message_bytes_ready": queue.ready_bytes,
         "consumers": queue.consumer_count,
         "exclusive_consumer_tag": exclusive_tag,

@@ -17,6 +17,7 @@ leaves a queue without a reason.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -80,15 +81,20 @@ class QueueEntry:
 # next); deeper entries are read back from the store when delivered.
 HEAD_WINDOW = 1024
 
-DeadLetterHook = Callable[["Queue", Message, str], None]
+# -> True when every target queue took the copy (what at-least-once waits for)
+DeadLetterHook = Callable[["Queue", Message, str], bool]
 
 
-def _no_dead_letter(queue: Queue, message: Message, reason: str) -> None:
-    pass
+def _no_dead_letter(queue: Queue, message: Message, reason: str) -> bool:
+    return False
 
 
 def _no_hook(queue: Queue) -> None:
     pass
+
+
+# At-least-once dead letters no target took are offered again this often.
+DLX_RETRY_MS = 1000
 
 
 class Queue:
@@ -134,6 +140,8 @@ class Queue:
         self._rr = 0
         self._rr_by_priority: dict[int, int] = {}
         self.on_dead_letter: DeadLetterHook = _no_dead_letter
+        # at-least-once dead letters no target took yet: (entry, reason)
+        self.dlx_pending: deque[tuple[QueueEntry, str]] = deque()
         # Called when the last consumer goes: x-expires counts from then.
         self.on_unused: Callable[[Queue], None] = _no_hook
         self.last_used_ms = now_ms
@@ -355,12 +363,32 @@ class Queue:
         if reason == "expired":
             self.expired += 1
         self.dead_lettered += 1
-        if not self.deleted:
-            self.on_dead_letter(self, self.message_of(entry), reason)
-        self._forget(entry)
+        if self.deleted:
+            self._forget(entry)
+            return
+        message = self.message_of(entry)
+        if self.on_dead_letter(self, message, reason) or not self.settings.at_least_once:
+            self._forget(entry)
+            return
+        # at-least-once: the message stays (stored, not ready) until a
+        # dead-letter target takes it; retried on the timer.
+        self.dlx_pending.append((entry, reason))
+
+    def retry_dead_letters(self) -> int:
+        """At-least-once: offer held dead letters again; how many left."""
+        pending, self.dlx_pending = self.dlx_pending, deque()
+        for entry, reason in pending:
+            if not self.deleted and self.on_dead_letter(self, self.message_of(entry), reason):
+                self._forget(entry)
+            elif not self.deleted:
+                self.dlx_pending.append((entry, reason))
+        return len(self.dlx_pending)
 
     def expire(self, now_ms: int) -> int:
         """Drop expired entries at the head (RabbitMQ expires only there)."""
+        if self.dlx_pending:
+            self.last_used_ms = now_ms
+            self.retry_dead_letters()
         ready = self.ready
         count = 0
         while ready:
@@ -373,11 +401,11 @@ class Queue:
 
     def next_deadline(self) -> int | None:
         """Wall-clock ms at which this queue needs ``on_timer`` again."""
-        deadline = None
+        deadline = self.last_used_ms + DLX_RETRY_MS if self.dlx_pending else None
         if self.ready:
             head = self.ready.peek()
             if head.expires_at:
-                deadline = head.expires_at
+                deadline = head.expires_at if deadline is None else min(deadline, head.expires_at)
         expires = self.settings.expires
         if expires is not None and not self.consumers:
             idle = self.last_used_ms + expires

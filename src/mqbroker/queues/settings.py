@@ -90,11 +90,23 @@ class QueueSettings:
     single_active_consumer: bool = False
     consumer_timeout: int | None = None
     deduplication: bool = False
+    dead_letter_strategy: str = "at-most-once"
     policy: str | None = None
 
     @property
     def quorum(self) -> bool:
         return self.queue_type == "quorum"
+
+    @property
+    def at_least_once(self) -> bool:
+        """RabbitMQ's at-least-once dead-lettering: quorum queues with
+        ``x-overflow: reject-publish`` only (otherwise at-most-once)."""
+        return (
+            self.quorum
+            and self.dead_letter_strategy == "at-least-once"
+            and self.overflow == "reject-publish"
+            and self.dead_letter_exchange is not None
+        )
 
     @property
     def has_length_limit(self) -> bool:
@@ -140,5 +152,6 @@ class QueueSettings:
             single_active_consumer=bool(merged.get("x-single-active-consumer")),
             consumer_timeout=_int(merged.get("x-consumer-timeout")),
             deduplication=bool(merged.get("x-message-deduplication")),
+            dead_letter_strategy=_text(merged.get("x-dead-letter-strategy")) or "at-most-once",
             policy=policy,
         )
