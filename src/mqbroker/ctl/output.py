@@ -178,7 +178,7 @@ def table(title: str, columns: list[Column], rows: Iterable[dict[str, Any]]) -> 
     result = Table(title=title, title_justify="left")
     for header, _path, _fmt in columns:
         numeric = header in (
-            "ready", "unacked", "consumers", "channels", "messages", "publish/s",
+            "ready", "unacked", "consumers", "channels", "messages", "msgs/s", "publish/s",
             "deliver/s", "ack/s", "prefetch", "priority",
         )
         result.add_column(
@@ -201,6 +201,13 @@ def show(ctx: Ctx, kind: str, rows: list[dict[str, Any]]) -> None:
         columns = [c for c in columns if c[0] != "vhost"]
     if not any(r.get("policy") for r in rows):
         columns = [c for c in columns if c[0] != "policy"]
+    # Rates come from the broker's samplers; an API (or an older broker) that
+    # does not report them gets no empty rate columns.
+    if rows:
+        columns = [
+            c for c in columns
+            if c[2] is not fmt_rate or any(pluck(r, c[1]) is not None for r in rows)
+        ]
     out.print(table(kind, columns, rows))
 
 
