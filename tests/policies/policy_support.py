@@ -14,7 +14,6 @@ wrote them; pika and aio-pika decode tables and lose the tags.
 from __future__ import annotations
 
 import contextlib
-import socket
 import struct
 import time
 import urllib.parse
@@ -28,12 +27,10 @@ import pika
 import pika.exceptions
 import trio
 from pamqp import commands
-from pamqp import frame as pframe
-from pamqp import heartbeat as pheartbeat
 
 from amqp_support import Cleanup, pika_params
-
-WAIT = 10.0
+from support.raw import RawClient
+from support.waits import WAIT
 
 
 @dataclass
@@ -242,105 +239,38 @@ def has_expiration(raw_props: bytes) -> bool:
     return bool(flags & 0x0100)
 
 
-class RawGet:
-    """A minimal AMQP client: handshake, then ``basic.get`` with raw headers."""
+class RawGet(RawClient):
+    """The shared raw client, opened on channel 1, with ``basic.get`` that
+    returns the raw properties (to check field-table types)."""
 
     def __init__(self, broker: Any, timeout: float = WAIT) -> None:
+        super().__init__(broker.host, broker.port, timeout, user=broker.user,
+                         password=broker.password, vhost=broker.vhost)
         self.broker = broker
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=timeout)
-        self.buf = b""
-        self.timeout = timeout
-        self._handshake()
+        self.handshake()
+        self.open_channel(1)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.send(
-                commands.Connection.Close(
-                    reply_code=200, reply_text="bye", class_id=0, method_id=0
-                ),
-                0,
+            self.send_method(
+                commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
             )
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def __enter__(self) -> RawGet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, value: Any, channel: int) -> None:
-        self.sock.sendall(pframe.marshal(value, channel))
-
-    def _read_exact(self, n: int) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        while len(self.buf) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no data from broker in time")
-            self.sock.settimeout(remaining)
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("EOF")
-            self.buf += data
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def frame(self) -> tuple[int, int, bytes]:
-        """-> (frame type, channel, payload), heartbeats skipped."""
-        while True:
-            ftype, chan, size = struct.unpack(">BHI", self._read_exact(7))
-            payload = self._read_exact(size + 1)[:-1]
-            if ftype != 8:
-                return ftype, chan, payload
-
-    def method(self) -> Any:
-        ftype, chan, payload = self.frame()
-        assert ftype == 1, f"expected a method frame, got type {ftype}"
-        head = struct.pack(">BHI", ftype, chan, len(payload))
-        _, _, value = pframe.unmarshal(head + payload + b"\xce")
-        if isinstance(value, pheartbeat.Heartbeat):
-            return self.method()
-        return value
-
-    def _handshake(self) -> None:
-        self.sock.sendall(b"AMQP\x00\x00\x09\x01")
-        self.method()  # start
-        self.send(
-            commands.Connection.StartOk(
-                client_properties={"product": "policy-test-raw"},
-                mechanism="PLAIN",
-                response=f"\0{self.broker.user}\0{self.broker.password}",
-                locale="en_US",
-            ),
-            0,
-        )
-        tune = self.method()
-        self.send(
-            commands.Connection.TuneOk(
-                channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
-            ),
-            0,
-        )
-        self.send(commands.Connection.Open(virtual_host=self.broker.vhost), 0)
-        self.method()  # open-ok
-        self.send(commands.Channel.Open(), 1)
-        self.method()  # open-ok
+        super().close()
 
     def get(self, queue: str) -> tuple[Any, bytes, bytes] | None:
         """basic.get(no_ack) -> (get-ok, raw properties, body) or None."""
-        self.send(commands.Basic.Get(queue=queue, no_ack=True), 1)
-        method = self.method()
+        self.send_method(commands.Basic.Get(queue=queue, no_ack=True), 1)
+        _, method = self.read_frame()
         if isinstance(method, commands.Basic.GetEmpty):
             return None
         assert isinstance(method, commands.Basic.GetOk), method
-        ftype, _, payload = self.frame()
+        ftype, _, payload = self.read_raw_frame()
         assert ftype == 2
         (body_size,) = struct.unpack_from(">Q", payload, 4)
         raw_props = payload[12:]
         body = b""
         while len(body) < body_size:
-            ftype, _, chunk = self.frame()
+            ftype, _, chunk = self.read_raw_frame()
             assert ftype == 3
             body += chunk
         return method, raw_props, body

@@ -66,10 +66,9 @@ class RawPublisher(RawGet):
     def count(self, queue: str) -> int:
         """Passive declare on the publishing channel: answered only after
         every earlier publish on it was handled."""
-        self.send(commands.Queue.Declare(queue=queue, passive=True), 1)
-        self.timeout = 120
+        self.send_method(commands.Queue.Declare(queue=queue, passive=True), 1)
         while True:
-            method = self.method()
+            _, method = self.read_frame(timeout=120)
             if isinstance(method, commands.Queue.DeclareOk):
                 return int(method.message_count)
 

@@ -140,6 +140,16 @@ class RawClient:
                     return channel, value
             self._fill(deadline)
 
+    def read_raw_frame(self, timeout: float | None = None) -> tuple[int, int, bytes]:
+        """(frame type, channel, payload) undecoded; heartbeats skipped."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        while True:
+            head = self.read_exact(7, max(deadline - time.monotonic(), 0.001))
+            ftype, channel, size = struct.unpack(">BHI", head)
+            payload = self.read_exact(size + 1, max(deadline - time.monotonic(), 0.001))[:-1]
+            if ftype != 8:
+                return ftype, channel, payload
+
     def expect(self, cls: type, timeout: float | None = None) -> Any:
         _, value = self.read_frame(timeout)
         assert isinstance(value, cls), f"expected {cls.__name__}, got {value!r}"
