@@ -63,20 +63,7 @@ def test_second_channel_open_names_channel_open(opened: RawAMQP) -> None:
 
 def test_open_missing_vhost_close_ids(raw: Any, broker: Any, uniq: Any) -> None:
     r: RawAMQP = raw()
-    r.send(PROTOCOL_HEADER)
-    r.expect(commands.Connection.Start)
-    r.send_frame(
-        commands.Connection.StartOk(
-            client_properties={}, mechanism="PLAIN",
-            response=f"\0{broker.user}\0{broker.password}", locale="en_US",
-        )
-    )
-    tune = r.expect(commands.Connection.Tune)
-    r.send_frame(
-        commands.Connection.TuneOk(
-            channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
-        )
-    )
+    _tune_ok_only(r, broker, None, None)
     r.send_frame(commands.Connection.Open(virtual_host=uniq("novhost")))
     close = r.expect(commands.Connection.Close)
     assert _close_ids(close) == (530, 10, 40)
