@@ -51,6 +51,7 @@ class Segment:
         self.fd: int | None = None  # open for appends while active or unsynced
         self._index_fd: int | None = None
         self._indexed_at = -INDEX_INTERVAL
+        self.pins = 0  # commit marks in flight holding ``fd``
 
     @property
     def count(self) -> int:
