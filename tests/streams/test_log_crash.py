@@ -186,3 +186,39 @@ def test_kill9_keeps_every_committed_offset(tmp_path: Path) -> None:
 @pytest.mark.parametrize("round_", range(10))
 def test_kill9_many_times(tmp_path: Path, round_: int) -> None:
     _kill9_round(tmp_path, run_for=0.5 + round_ * 0.37, segment=5_000 + round_ * 7_000)
+
+
+def _big_write(directory: Path) -> int:
+    """500 synced then 1500 unsynced 1 KiB entries in one segment (many
+    index points); returns the position of entry 1200."""
+    log = StreamLog(directory, max_segment_bytes=10**8)
+    for i in range(2000):
+        if i == 500:
+            commit(log)
+        log.append(b"%05d" % i * 200, i)
+    log.close()
+    return 1200 * (24 + 1000)
+
+
+@pytest.mark.parametrize("damage", ["hole", "zero-extended"])
+def test_damage_before_a_later_index_point(tmp_path: Path, damage: str) -> None:
+    """Writeback out of order: a lost page before index points that are
+    still intact (hole), or a file cut short but kept at its size with
+    zeros while the index still points into them (zero-extended)."""
+    directory = tmp_path / "s"
+    pos = _big_write(directory)
+    seg = next(directory.glob("*.seg"))
+    size = seg.stat().st_size
+    if damage == "hole":
+        with open(seg, "r+b") as fh:
+            fh.seek(pos + 100)
+            fh.write(bytes(4096))
+    else:
+        os.truncate(seg, pos + 100)
+        os.truncate(seg, size)
+    log = StreamLog(directory, max_segment_bytes=10**8)
+    got = read_all(log)
+    assert [o for o, _ in got] == list(range(1200))
+    assert all(p == b"%05d" % o * 200 for o, p in got)
+    assert seg.stat().st_size == pos
+    log.close()
