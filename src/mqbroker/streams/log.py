@@ -280,8 +280,12 @@ class StreamLog:
         )
 
     def close(self) -> None:
-        self._write_pending()
+        """Write and fsync what is still unsynced, then close: after a
+        clean close every entry survives even an OS crash. Call it with
+        no sync running."""
+        self.sync(self.commit_mark())
         for segment in self.segments:
+            segment.pins = 0
             segment.close_files()
 
     def destroy(self) -> None:
