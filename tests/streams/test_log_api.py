@@ -7,6 +7,8 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from mqbroker.streams.log import StreamLog
 
 
@@ -199,3 +201,28 @@ def test_destroy_removes_the_directory(tmp_path: Path) -> None:
     log.destroy()
     log.sync(mark)  # a sync after destroy is harmless
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.stress
+def test_replay_of_a_big_log_keeps_memory_flat(tmp_path: Path) -> None:
+    """1M entries over many segments: a full replay must not grow the
+    process by more than a few MB (readers never load the log)."""
+    import psutil  # type: ignore[import-untyped]
+
+    log = StreamLog(tmp_path / "s", max_segment_bytes=8_000_000)
+    for i in range(1_000_000):
+        log.append(b"%08d" % i * 8, i)
+        if i % 100_000 == 99_999:
+            commit(log)
+    commit(log)
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    reader = log.reader(0)
+    count = peak = 0
+    while batch := reader.read(max_entries=500):
+        assert batch[0].offset == count
+        count += len(batch)
+        if count % 100_000 < 500:
+            peak = max(peak, proc.memory_info().rss)
+    assert count == 1_000_000
+    assert peak - before < 20_000_000
