@@ -28,7 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands
 from pamqp import frame as pframe
-from sec_support import RawClient, close_code, raw_frame, wait_until
+
+from support.frames import raw_frame
+from support.raw import RawClient, close_code
+from support.waits import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:This command is deprecated:DeprecationWarning")
 
