@@ -514,7 +514,7 @@ class FibonacciRpcClient:
         wait_for(
             lambda: corr_id in self.responses,
             timeout,
-            f"fib({n})",
+            what=f"fib({n})",
             conn=self.connection,
         )
         return int(self.responses.pop(corr_id))

@@ -36,6 +36,7 @@ def _poll(
 def wait_until(
     pred: Callable[[], Any],
     timeout: float = WAIT,
+    *,
     step: float = 0.02,
     conn: Any = None,
 ) -> bool:
@@ -46,6 +47,7 @@ def wait_until(
 def wait_for(
     predicate: Callable[[], Any],
     timeout: float = WAIT,
+    *,
     interval: float = 0.02,
     conn: Any = None,
     what: str = "condition",
