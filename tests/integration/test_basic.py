@@ -48,10 +48,12 @@ def queue_exists(connect: Any, name: str) -> bool:
 
 
 def wait_queue_gone(connect: Any, name: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while queue_exists(connect, name):
-        assert time.monotonic() < deadline, f"queue {name} still exists"
-        time.sleep(0.02)  # no connection to pump: each probe uses a new one
+    # no connection to pump: each probe uses a new one
+    wait_for(
+        lambda: not queue_exists(connect, name),
+        timeout,
+        what=f"queue {name} to be gone",
+    )
 
 
 # ---------------------------------------------------------------- mandatory / returns
