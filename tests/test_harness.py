@@ -168,3 +168,22 @@ def test_harness_skips_against_an_external_broker(mqbroker: Any) -> None:
         pytest.skip("only meaningful with MQBROKER_EXTERNAL_URL (it must skip there, not fail)")
     mqbroker.peek("anything")  # skips the test with a reason
     raise AssertionError("peek should have skipped")
+
+
+def test_process_brokers_crash_for_real_and_say_what_needs_in_process(mqbroker_process: Any) -> None:
+    broker = mqbroker_process(reuse_port=True)
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    ch = conn.channel()
+    ch.queue_declare("kept", durable=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", "kept", b"x", pika.BasicProperties(delivery_mode=2))
+    pid = broker.pid
+    broker.faults.crash()  # SIGKILL + restart, same URL
+    assert broker.pid != pid
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    assert conn.channel().queue_declare("kept", passive=True, durable=True).method.message_count == 1
+    conn.close()
+    with pytest.raises(RuntimeError, match="in-process"):
+        broker.faults.disconnect_all()
+    with pytest.raises(RuntimeError, match="in-process"):
+        broker.clock  # noqa: B018

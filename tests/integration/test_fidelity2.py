@@ -9,6 +9,7 @@ only what both do: the connection ends.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from pamqp import body as pbody
 from pamqp import commands
 from pamqp import header as pheader
 
-from support.frames import PROTOCOL_HEADER
+from support.frames import PROTOCOL_HEADER, raw_frame, raw_method_frame
 from support.raw import Closed, RawClient
 
 Props = commands.Basic.Properties
@@ -478,3 +479,59 @@ def test_at_most_once_is_the_default_and_drops(broker: Any, uniq: Any) -> None:
         ch.queue_delete(target)
     finally:
         conn.close()
+
+
+# ------------------------------------------- headers exchange, arrays
+
+
+def _shortstr(text: str) -> bytes:
+    raw = text.encode()
+    return bytes((len(raw),)) + raw
+
+
+def _table(items: list[tuple[str, bytes]]) -> bytes:
+    body = b"".join(_shortstr(k) + v for k, v in items)
+    return struct.pack(">I", len(body)) + body
+
+
+def _array(*elements: bytes) -> bytes:
+    body = b"".join(elements)
+    return b"A" + struct.pack(">I", len(body)) + body
+
+
+_STR_A = b"S" + struct.pack(">I", 1) + b"a"
+_INT_1 = b"I" + struct.pack(">i", 1)
+_LONG_1 = b"l" + struct.pack(">q", 1)
+
+
+def test_headers_exchange_compares_array_elements_with_their_types(raw: Any, uniq: Any) -> None:
+    r: RawClient = raw()
+    r.handshake()
+    r.open_channel(1)
+    exchange, queue = uniq("hx"), uniq("q")
+    r.send_frame(commands.Exchange.Declare(exchange=exchange, exchange_type="headers", auto_delete=True), 1)
+    r.expect(commands.Exchange.DeclareOk)
+    r.send_frame(commands.Queue.Declare(queue=queue, exclusive=True), 1)
+    r.expect(commands.Queue.DeclareOk)
+    arguments = _table([("x-match", b"S" + struct.pack(">I", 3) + b"all"), ("k", _array(_STR_A, _INT_1))])
+    bind = (
+        struct.pack(">HHH", 50, 20, 0) + _shortstr(queue) + _shortstr(exchange)
+        + _shortstr("") + b"\x00" + arguments
+    )
+    r.send(raw_method_frame(1, bind))
+    r.expect(commands.Queue.BindOk)
+    for body, element in ((b"int", _INT_1), (b"long", _LONG_1)):
+        props = struct.pack(">H", 0x2000) + _table([("k", _array(_STR_A, element))])
+        header = struct.pack(">HHQ", 60, 0, len(body)) + props
+        r.send_frame(commands.Basic.Publish(exchange=exchange, routing_key=""), 1)
+        r.send(raw_frame(2, 1, header))
+        r.send(raw_frame(3, 1, body))
+    time.sleep(0.3)
+    r.send_frame(commands.Queue.Declare(queue=queue, passive=True), 1)
+    ok = r.expect(commands.Queue.DeclareOk)
+    assert ok.message_count == 1  # ["a", int 1] matched; ["a", long 1] did not
+    r.send_frame(commands.Basic.Get(queue=queue, no_ack=True), 1)
+    r.expect(commands.Basic.GetOk)
+    r.read_frame()  # content header
+    _, got = r.read_frame()
+    assert got.value == b"int"

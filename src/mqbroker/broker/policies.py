@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from mqbroker.model.keys import store_key
 from mqbroker.queues.settings import QueueSettings
+from mqbroker.streams.queue import StreamQueue
 
 if TYPE_CHECKING:
     from mqbroker.broker.broker import Broker
@@ -158,7 +159,12 @@ class Policy:
         if kind == "exchange":
             if to not in ("exchanges", "all"):
                 return False
-        elif to in ("exchanges", "streams") or to == "classic_queues" and queue_type not in (None, "classic") or to == "quorum_queues" and queue_type != "quorum":
+        elif (
+            to == "exchanges"
+            or (to == "streams" and queue_type != "stream")
+            or (to == "classic_queues" and queue_type not in (None, "classic"))
+            or (to == "quorum_queues" and queue_type != "quorum")
+        ):
             return False
         return self.regex.search(name) is not None
 
@@ -296,6 +302,10 @@ class PolicyStore:
 
     def refresh_queue(self, queue: Queue) -> bool:
         """Give a queue its current effective settings; True if changed."""
+        if isinstance(queue, StreamQueue):
+            # a stream's retention: max-age, max-length-bytes, segment size
+            policy = self._winner(queue.vhost, "queue", queue.name, "stream")
+            queue.apply_policy(dict(policy.definition) if policy is not None else {})
         if not self._by_vhost.get(queue.vhost) and queue.settings.policy is None:
             return False
         settings = self.queue_settings(queue)

@@ -26,7 +26,7 @@ slow checks run only when a flag says they could apply.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,9 @@ _FLAG_HEADERS = 0x2000
 _FLAG_USER_ID = 0x0010
 _FLAG_REPLY_TO = 0x0200
 _FLAG_EXPIRATION = 0x0100
+_NOWHERE = (False, False, False, 0)
+# property flags that make a publish take the checked path (1: more flags)
+_SLOW_FLAGS = _FLAG_HEADERS | _FLAG_USER_ID | _FLAG_REPLY_TO | _FLAG_EXPIRATION | 1
 
 # Publisher flow control (RabbitMQ's credit flow, simplified): a connection
 # that publishes into a queue whose consumers are falling behind stops being
@@ -141,7 +144,7 @@ class Publisher:
         exchange_name: str,
         message: Message,
         flags: int,
-        reply_address: Callable[[], str] | None,
+        reply_chan: Channel | None,
     ) -> Admitted:
         """Step 1. ``user`` None: the broker itself (no permission check)."""
         if user is not None:
@@ -166,9 +169,9 @@ class Publisher:
                     f"user was '{user}'"
                 )
             if props.reply_to == PSEUDO_QUEUE:
-                if reply_address is None:
+                if reply_chan is None:
                     raise errors.PreconditionFailed("fast reply consumer does not exist")
-                props.reply_to = reply_address()
+                props.reply_to = self.broker.direct_reply.reply_address(reply_chan)
                 message = message.with_properties(props)
         ttl = None
         if flags & _FLAG_EXPIRATION or flags & 1:
@@ -224,19 +227,34 @@ class Publisher:
         """Step 4: enqueue on every queue, then step 5 (lazy commit)."""
         if not queues:
             return Outcome()
+        taken: list[str] = []
+        _routed, durable, refused, written = self.offer_to(queues, message, ttl, session, taken)
+        epoch = self.broker.write_epoch if durable and self.broker.store.durable else 0
+        return Outcome(bool(taken), tuple(taken), durable, refused, written, epoch)
+
+    def offer_to(
+        self,
+        queues: Sequence[Queue],
+        message: Message,
+        ttl: int | None,
+        session: Session | None,
+        names: list[str] | None = None,
+    ) -> tuple[bool, bool, bool, int]:
+        """The loop of step 4 -> (routed, durable, refused, persisted
+        entries); the names of the queues that took it go to ``names``."""
         broker = self.broker
         dirty = broker.dirty
         now = broker.wall_ms()
-        durable = False
-        refused = False
+        routed = durable = refused = False
         written = 0
-        taken = []
         for queue in queues:
             accepted, wrote = queue.offer(message, now, ttl)
             durable |= wrote
             written += wrote
             if accepted:
-                taken.append(queue.name)
+                routed = True
+                if names is not None:
+                    names.append(queue.name)
             else:
                 refused = True
             if queue.dispatch_on_offer:
@@ -247,51 +265,88 @@ class Publisher:
                 and len(queue.ready) > FLOW_HIGH_READY
             ):
                 session.flow.add(queue)
-        epoch = 0
         if durable:
             broker.request_lazy_commit()
-            epoch = broker.write_epoch if broker.store.durable else 0
-        return Outcome(bool(taken), tuple(taken), durable, refused, written, epoch)
+        return routed, durable, refused, written
 
     # ---------------------------------------------------- entry points
 
     def publish_amqp(self, session: Session, chan: Channel, event: ContentReceived) -> bool:
-        """``basic.publish`` (the hot path); True when it wrote durably."""
+        """``basic.publish`` (the hot path); True when it wrote durably.
+
+        A plain message (no headers, expiration, user_id, reply_to) to an
+        exchange without hooks, internal flag or topic permissions takes the
+        same steps with nothing to check: write permission, exchange, route,
+        offer; anything else goes through ``admit`` and ``deliver``."""
         if event.immediate:
             raise errors.NotImplemented_("immediate=true")
         vhost = session.vh
         raw = event.properties
         flags = (raw[0] << 8 | raw[1]) if len(raw) >= 2 else 0
-        message = Message(
-            self.new_msg_id(), event.exchange, event.routing_key, raw, event.body
-        )
+        broker = self.broker
+        msg_id = broker.next_msg_id
+        broker.next_msg_id = msg_id + 1
+        name = event.exchange
+        key = event.routing_key
+        message = Message(msg_id, name, key, raw, event.body)
         try:
-            admitted = self.admit(
-                session.user,
-                vhost,
-                event.exchange,
-                message,
-                flags,
-                lambda: self.broker.direct_reply.reply_address(chan),
+            access = broker.access
+            access.check(session.user, vhost.name, "write", "exchange", name)
+            exchange = vhost.get_exchange(name)
+            if (
+                flags & _SLOW_FLAGS
+                or exchange.internal
+                or exchange.hooks
+                or access.topics.active
+                or (not name and key.startswith(REPLY_PREFIX))
+            ):
+                return self._publish_checked(session, chan, event, message, flags)
+            queues = route(vhost, exchange, [key], None)
+            routed, durable, refused, written = (
+                self.offer_to(queues, message, None, session) if queues else _NOWHERE
             )
         except errors.AMQPError as exc:
             raise exc.with_method(60, 40)
+        if not routed and event.mandatory:
+            session.return_message(chan, name, key, message)
+        confirms = chan.confirms
+        if confirms.enabled:
+            if durable:
+                broker.request_commit()
+            if refused:
+                confirms.nack()
+            elif durable and written:
+                confirms.add(broker.write_epoch, msg_id, written)
+            else:
+                confirms.add(0)
+        return durable
+
+    def _publish_checked(
+        self, session: Session, chan: Channel, event: ContentReceived, message: Message, flags: int
+    ) -> bool:
+        """The full admit + hooks path of ``publish_amqp``."""
+        vhost = session.vh
+        admitted = self.admit(session.user, vhost, event.exchange, message, flags, chan)
         message = admitted.message
         if not event.exchange and event.routing_key.startswith(REPLY_PREFIX):
             if not self.reply(event.routing_key, message) and event.mandatory:
                 session.return_message(chan, event.exchange, event.routing_key, message)
             chan.confirms.add(0)
             return False
-        try:
-            outcome = self.deliver(vhost, admitted, session)
-        except errors.AMQPError as exc:
-            raise exc.with_method(60, 40)
+        outcome = self.deliver(vhost, admitted, session)
+        return self._settle_publish(session, chan, event, message, outcome)
+
+    def _settle_publish(
+        self, session: Session, chan: Channel, event: ContentReceived, message: Message,
+        outcome: Outcome,
+    ) -> bool:
+        """Mandatory returns and the publisher confirm of one publish."""
         if not outcome.routed and event.mandatory:
             session.return_message(chan, event.exchange, event.routing_key, message)
         confirms = chan.confirms
-        if outcome.durable and confirms.enabled:
-            self.broker.request_commit()
         if confirms.enabled:
+            if outcome.durable:
+                self.broker.request_commit()
             if outcome.refused:
                 confirms.nack()
             elif outcome.durable and outcome.written:

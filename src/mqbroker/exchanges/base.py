@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+from ..protocol.table import TypedArray
+
 if TYPE_CHECKING:
     from mqbroker.exchanges.exchange import Exchange
     from mqbroker.model.message import Message
@@ -64,6 +66,8 @@ def freeze_table(table: FieldTable | None) -> tuple[tuple[str, Any], ...]:
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
         return ("__table__", freeze_table(value))
+    if isinstance(value, TypedArray) and value.encoded:  # keeps its wire types
+        return ("__typed_array__", (value.encoded, tuple(_freeze(v) for v in value)))
     if isinstance(value, list | tuple):
         return ("__array__", tuple(_freeze(v) for v in value))
     if isinstance(value, bytearray):
@@ -82,6 +86,10 @@ def _thaw(value: Any) -> Any:
             return thaw_table(inner)
         if tag == "__array__":
             return [_thaw(v) for v in inner]
+        if tag == "__typed_array__":
+            typed = TypedArray(_thaw(v) for v in inner[1])
+            typed.encoded = inner[0]
+            return typed
     return value
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import PreconditionFailed
+from ..protocol.table import TypedArray
 from .base import Binding, Destination, ExchangeType, FieldTable
 
 X_MATCH_MODES = ("all", "any", "all-with-x", "any-with-x")
@@ -62,8 +63,31 @@ def normalise(value: Any) -> Any:
         items = sorted(value.items(), key=lambda item: str(item[0]))
         return ("table", tuple((str(k), normalise(v)) for k, v in items))
     if isinstance(value, list | tuple):
-        return ("array", tuple(normalise(v) for v in value))
+        encoded = value.encoded if isinstance(value, TypedArray) else None
+        return ArrayValue(tuple(normalise(v) for v in value), encoded or None)
     return value
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ArrayValue:
+    """An array header or binding value. When both sides kept their wire
+    encoding they match only element for element with the same types, as
+    RabbitMQ 3.10 compares arrays (``["a", int 1]`` is not ``["a", long
+    1]``); otherwise (a binding made over HTTP, or recovered from the
+    store) the loose comparison of the decoded values applies."""
+
+    items: tuple[Any, ...]
+    encoded: bytes | None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArrayValue):
+            return NotImplemented
+        if self.encoded is not None and other.encoded is not None:
+            return self.encoded == other.encoded
+        return self.items == other.items
+
+    def __hash__(self) -> int:
+        return hash(self.items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from pamqp import frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
+from mqbroker.protocol.table import mark_typed_arrays
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -289,7 +290,25 @@ def decode_method(payload: bytes) -> PamqpMethod:
         raise errors.FrameError(
             f"cannot decode {name}: {exc}", class_id, method_id
         ) from exc
+    bits = _BIND_BITS.get(index)
+    if bits is not None:
+        arguments = getattr(method, "arguments", None)
+        if arguments and any(isinstance(v, list) for v in arguments.values()):
+            offset = 6  # class, method, reserved short
+            for _ in range(3):  # three short strings, then the flag octet
+                offset += 1 + payload[offset]
+            mark_typed_arrays(arguments, payload, offset + bits)
     return method
+
+
+# bind/unbind methods whose arguments may hold typed arrays -> the number
+# of flag octets before the arguments table (queue.unbind has no nowait)
+_BIND_BITS = {
+    (50 << 16) | 20: 1,  # queue.bind
+    (50 << 16) | 50: 0,  # queue.unbind
+    (40 << 16) | 30: 1,  # exchange.bind
+    (40 << 16) | 40: 1,  # exchange.unbind
+}
 
 
 def split_content_header(payload: bytes) -> tuple[int, int, bytes]:
@@ -316,6 +335,13 @@ def decode_properties(raw: bytes) -> commands.Basic.Properties:
                 break
             word_index += 1
         props.unmarshal(flags, raw[offset:])
+        headers = props.headers
+        if headers and flags & 0x2000 and any(isinstance(v, list) for v in headers.values()):
+            pos = offset
+            for bit in (0x8000, 0x4000):  # content type, content encoding
+                if flags & bit:
+                    pos += 1 + raw[pos]
+            mark_typed_arrays(headers, raw, pos)
     except (
         struct.error,
         ValueError,

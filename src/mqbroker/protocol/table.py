@@ -65,6 +65,8 @@ def _timestamp(value: Any) -> int:
 
 
 def encode_value(value: Any) -> bytes:
+    if isinstance(value, TypedArray) and value.encoded:
+        return value.encoded
     if isinstance(value, Typed):
         return _typed(value.tag, value.value)
     if isinstance(value, bool):
@@ -146,3 +148,47 @@ def encode_properties(props: commands.Basic.Properties) -> bytes:
         else:
             parts.append(struct.pack(">Q", _timestamp(value)))
     return struct.pack(">H", flags) + b"".join(parts)
+
+
+# ------------------------------------------------------ typed arrays
+
+_FIXED_SIZES = {
+    "t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4,
+    "l": 8, "L": 8, "f": 4, "d": 8, "T": 8, "D": 5, "V": 0,
+}
+
+
+class TypedArray(list):  # type: ignore[type-arg]
+    """A decoded field-table array that remembers its wire encoding (the
+    element type tags a decoded list loses): RabbitMQ compares arrays in
+    headers-exchange bindings with their types, and a re-encode keeps
+    them as sent."""
+
+    encoded: bytes = b""
+
+
+def _value_end(raw: bytes, offset: int) -> int:
+    tag = chr(raw[offset])
+    size = _FIXED_SIZES.get(tag)
+    if size is not None:
+        return offset + 1 + size
+    (length,) = struct.unpack_from(">I", raw, offset + 1)
+    return offset + 5 + int(length)
+
+
+def mark_typed_arrays(table: dict[str, Any], raw: bytes, offset: int = 0) -> None:
+    """Turn each top-level array of a decoded ``table`` into a
+    ``TypedArray`` carrying its bytes from ``raw`` (the encoded table at
+    ``offset``)."""
+    (size,) = struct.unpack_from(">I", raw, offset)
+    pos, end = offset + 4, offset + 4 + size
+    while pos < end:
+        klen = raw[pos]
+        key = raw[pos + 1 : pos + 1 + klen].decode("utf-8", "replace")
+        start = pos + 1 + klen
+        pos = _value_end(raw, start)
+        value = table.get(key)
+        if raw[start] == 0x41 and isinstance(value, list) and not isinstance(value, TypedArray):
+            typed = TypedArray(value)
+            typed.encoded = raw[start:pos]
+            table[key] = typed

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mqbroker.log import get_logger
 from mqbroker.streams.segment import HEADER, Segment, encode_entry
+
+_log = get_logger(__name__)
 
 # Appended entries are written to the file at the latest once this many
 # bytes wait (or at the next commit mark): the buffer stays bounded.
@@ -40,6 +43,9 @@ class CommitMark:
     next_offset: int
     fds: tuple[int, ...]
     sync_dir: bool
+    # the segments whose fds are in ``fds``: pinned open until
+    # ``committed`` so a sync in the worker never meets a closed fd
+    segments: tuple[Segment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,14 @@ class StreamLog:
         firsts = sorted(int(p.stem) for p in self.directory.glob("*.seg"))
         for i, first in enumerate(firsts):
             segment = Segment(self.directory, first)
-            segment.load(verify_tail=i == len(firsts) - 1)
+            # the last two may hold unsynced data (a roll seals one)
+            segment.load(verify_tail=i >= len(firsts) - 2)
+            if self.segments and self.segments[-1].next_offset != first:
+                # A torn sealed segment (its tail was never synced, so no
+                # later entry was either): what follows would leave a gap
+                # readers could never cross. Drop it; the torn one goes on.
+                self._drop_from(segment)
+                break
             self.segments.append(segment)
         # A tail segment emptied by truncation, or an empty log: start one.
         if not self.segments:
@@ -83,6 +96,19 @@ class StreamLog:
             tail.open_for_append()
             self._to_sync.append(tail)
         self._pending_first = self.next_offset
+
+    def _drop_from(self, segment: Segment) -> None:
+        """Remove ``segment`` and every later one found on disk."""
+        doomed = sorted(
+            int(p.stem) for p in self.directory.glob("*.seg")
+            if int(p.stem) >= segment.first_offset
+        )
+        _log.warning(
+            "stream_log_gap_dropped", directory=str(self.directory),
+            expected=self.segments[-1].next_offset, segments=len(doomed),
+        )
+        for first in doomed:
+            Segment(self.directory, first).remove()
 
     def _start_segment(self, first_offset: int) -> Segment:
         segment = Segment(self.directory, first_offset)
@@ -108,13 +134,8 @@ class StreamLog:
         tail = self.segments[-1]
         timestamp_ms = max(timestamp_ms, tail.last_ts)  # never goes back
         size = HEADER.size + len(payload)
-        rolled = False
-        if tail.count and tail.size + size > self.max_segment_bytes:
-            self._write_pending()
-            if tail.fd is not None and tail not in self._to_sync:
-                tail.close_files()
-            tail = self._start_segment(tail.next_offset)
-            rolled = True
+        rolled = tail.size + size > self.max_segment_bytes and self.roll()
+        tail = self.segments[-1]
         offset = tail.next_offset
         tail.note(offset, tail.size, timestamp_ms)
         self._pending += encode_entry(offset, timestamp_ms, payload)
@@ -124,11 +145,27 @@ class StreamLog:
             self._write_pending()
         return offset, rolled
 
+    def roll(self) -> bool:
+        """Seal the active segment and start the next one (a no-op on an
+        empty active segment). True when a segment was started: the
+        moment to evaluate retention, as RabbitMQ does."""
+        tail = self.segments[-1]
+        if not tail.count:
+            return False
+        self._write_pending()
+        if tail.fd is not None and tail not in self._to_sync and not tail.pins:
+            tail.close_files()
+        self._start_segment(tail.next_offset)
+        return True
+
     def _write_pending(self) -> None:
         if self._pending:
             tail = self.segments[-1]
             assert tail.fd is not None
-            os.write(tail.fd, self._pending)
+            view = memoryview(self._pending)
+            while view:  # a regular file may take less than asked (>2 GiB)
+                view = view[os.write(tail.fd, view):]
+            view.release()
             self._pending = bytearray()
             if tail not in self._to_sync:
                 self._to_sync.append(tail)
@@ -144,8 +181,11 @@ class StreamLog:
         """On the loop: hand the buffered entries to the file and note
         what the worker thread must fsync."""
         self._write_pending()
-        fds = tuple(s.fd for s in self._to_sync if s.fd is not None)
-        mark = CommitMark(self.next_offset, fds, self._new_segment)
+        pinned = tuple(s for s in self._to_sync if s.fd is not None)
+        for segment in pinned:
+            segment.pins += 1
+        fds = tuple(s.fd for s in pinned if s.fd is not None)
+        mark = CommitMark(self.next_offset, fds, self._new_segment, pinned)
         self._to_sync = [self.segments[-1]]
         self._new_segment = False
         return mark
@@ -169,9 +209,16 @@ class StreamLog:
 
     def committed(self, mark: CommitMark) -> bool:
         """On the loop: entries below the mark are now readable. True
-        when that is news (consumers may have something to read)."""
+        when that is news (consumers may have something to read). Marks
+        are committed in the order they were taken."""
+        for segment in mark.segments:
+            segment.pins -= 1
         for segment in self.segments[:-1]:
-            if segment.fd is not None and segment.next_offset <= mark.next_offset:
+            if (
+                segment.fd is not None
+                and not segment.pins  # no sync still using its fd
+                and segment.next_offset <= mark.next_offset
+            ):
                 segment.close_files()  # sealed and synced
         if mark.next_offset > self.committed_next:
             self.committed_next = mark.next_offset
@@ -233,8 +280,12 @@ class StreamLog:
         )
 
     def close(self) -> None:
-        self._write_pending()
+        """Write and fsync what is still unsynced, then close: after a
+        clean close every entry survives even an OS crash. Call it with
+        no sync running."""
+        self.sync(self.commit_mark())
         for segment in self.segments:
+            segment.pins = 0
             segment.close_files()
 
     def destroy(self) -> None:

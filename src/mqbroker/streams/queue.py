@@ -163,6 +163,13 @@ class StreamQueue(Queue):
         if news and self.consumers:
             self.on_ready(self)
 
+    def apply_policy(self, definition: dict[str, Any]) -> None:
+        """Policies win over arguments (RabbitMQ); new segments take the
+        new size, retention applies from the next check on."""
+        self.retention = sargs.retention(self.arguments, definition)
+        self.log.max_segment_bytes = self.retention.segment_bytes
+        self.apply_retention(self.now_ms())
+
     def apply_retention(self, now_ms: int) -> int:
         r = self.retention
         if r.max_bytes is None and r.max_age_ms is None:

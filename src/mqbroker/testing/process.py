@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 
 class BrokerStartError(RuntimeError):
@@ -168,6 +168,25 @@ class BrokerProcess:
             self.kill()
             return None
 
+    # -- the harness, where a subprocess can offer it
+
+    @property
+    def faults(self) -> ProcessFaults:
+        return ProcessFaults(self)
+
+    @property
+    def clock(self) -> Any:
+        raise RuntimeError(
+            "a virtual clock needs the in-process broker: use the mqbroker fixture "
+            "with @pytest.mark.mqbroker(virtual_clock=True)"
+        )
+
+    def peek(self, queue: str, vhost: str = "/") -> Any:
+        raise RuntimeError(
+            "peek needs the in-process broker (the mqbroker fixture); a subprocess "
+            "can be read over AMQP or its management API"
+        )
+
     def restart(self, *, kill: bool = False) -> BrokerProcess:
         """Stop (SIGTERM, or SIGKILL with ``kill=True``) and start again on
         the same data dir."""
@@ -204,3 +223,33 @@ class BrokerProcess:
         return f"<BrokerProcess {state} port={port} data_dir={self.data_dir}>"
 
 
+
+
+_IN_PROCESS_ONLY = (
+    "needs the in-process broker (the mqbroker fixture); a subprocess offers "
+    "crash() (a real SIGKILL and restart)"
+)
+
+
+class ProcessFaults:
+    """The faults a broker subprocess can really have: ``crash()`` is a
+    SIGKILL and a restart on the same data dir (and port, with
+    ``reuse_port=True``); the others need the in-process fixture."""
+
+    def __init__(self, proc: BrokerProcess) -> None:
+        self.proc = proc
+
+    def crash(self) -> None:
+        self.proc.restart(kill=True)
+
+    def disconnect_all(self) -> None:
+        raise RuntimeError(f"disconnect_all {_IN_PROCESS_ONLY}")
+
+    def disk_alarm(self) -> Any:
+        raise RuntimeError(f"disk_alarm {_IN_PROCESS_ONLY}")
+
+    def memory_alarm(self) -> Any:
+        raise RuntimeError(f"memory_alarm {_IN_PROCESS_ONLY}")
+
+    def fail_writes(self) -> Any:
+        raise RuntimeError(f"fail_writes {_IN_PROCESS_ONLY}")
