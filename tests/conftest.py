@@ -14,7 +14,7 @@ from typing import Any
 import pika
 import pytest
 
-from amqp_support import Cleanup, pika_params
+from support.blocking import Cleanup, pika_params
 
 
 @pytest.fixture

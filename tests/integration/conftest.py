@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from itest_support import (
-    RawAMQP,
-    assert_broker_healthy,
-    unique_name,
-)
+from itest_support import assert_broker_healthy
+
+from support.names import unique_name
+from support.raw import RawClient
 
 
 @pytest.fixture
@@ -39,11 +38,11 @@ def healthy(broker: Any) -> Callable[[], None]:
 
 
 @pytest.fixture
-def raw(broker: Any) -> Iterator[Callable[..., RawAMQP]]:
-    opened: list[RawAMQP] = []
+def raw(broker: Any) -> Iterator[Callable[..., RawClient]]:
+    opened: list[RawClient] = []
 
-    def factory(timeout: float = 5.0) -> RawAMQP:
-        r = RawAMQP.for_broker(broker, timeout)
+    def factory(timeout: float = 5.0) -> RawClient:
+        r = RawClient.for_broker(broker, timeout)
         opened.append(r)
         return r
 

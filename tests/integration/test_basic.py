@@ -16,14 +16,10 @@ import amqp
 import pika
 import pika.exceptions
 import pytest
-from itest_support import (
-    amqp_connect,
-    consume_n,
-    drain,
-    get_message,
-    wait_message_count,
-    wait_until,
-)
+from itest_support import amqp_connect
+
+from support.blocking import consume_n, drain, get_message, wait_message_count
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,10 +48,12 @@ def queue_exists(connect: Any, name: str) -> bool:
 
 
 def wait_queue_gone(connect: Any, name: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while queue_exists(connect, name):
-        assert time.monotonic() < deadline, f"queue {name} still exists"
-        time.sleep(0.02)  # no connection to pump: each probe uses a new one
+    # no connection to pump: each probe uses a new one
+    wait_for(
+        lambda: not queue_exists(connect, name),
+        timeout,
+        what=f"queue {name} to be gone",
+    )
 
 
 # ---------------------------------------------------------------- mandatory / returns
@@ -70,7 +68,7 @@ def test_mandatory_unroutable_is_returned(conn, uniq):
         content_type="text/plain", message_id="m-1", headers={"h": "v"}
     )
     ch.basic_publish("amq.direct", key, b"lost", props, mandatory=True)
-    wait_until(conn, lambda: len(returned) == 1, what="basic.return")
+    wait_for(lambda: len(returned) == 1, what="basic.return", conn=conn)
     method, rprops, body = returned[0]
     assert method.reply_code == 312
     assert method.reply_text == "NO_ROUTE"
@@ -87,7 +85,7 @@ def test_mandatory_to_default_exchange_missing_queue_is_returned(conn, uniq):
     returned: list[Any] = []
     ch.add_on_return_callback(lambda c, m, p, b: returned.append(m))
     ch.basic_publish("", uniq("no-such-queue"), b"x", mandatory=True)
-    wait_until(conn, lambda: len(returned) == 1, what="basic.return")
+    wait_for(lambda: len(returned) == 1, what="basic.return", conn=conn)
     assert (
         returned[0].reply_code,
         returned[0].reply_text,
@@ -254,9 +252,9 @@ def test_basic_recover_requeue(conn):
     ch.basic_consume(q, lambda c, m, p, b: got.append((b, m.redelivered)))
     ch.basic_publish("", q, b"one")
     ch.basic_publish("", q, b"two")
-    wait_until(conn, lambda: len(got) == 2, what="first deliveries")
+    wait_for(lambda: len(got) == 2, what="first deliveries", conn=conn)
     ch.basic_recover(requeue=True)
-    wait_until(conn, lambda: len(got) == 4, what="redeliveries")
+    wait_for(lambda: len(got) == 4, what="redeliveries", conn=conn)
     assert got == [
         (b"one", False),
         (b"two", False),
@@ -294,7 +292,7 @@ def test_qos_per_consumer(conn):
     q = ch.queue_declare("", exclusive=True).method.queue
     publish_all(ch, q, [str(i).encode() for i in range(10)])
     counts = _held(conn, q, ch, 2, {"prefetch_count": 2, "global_qos": False})
-    wait_until(conn, lambda: sum(counts.values()) == 4, what="4 deliveries")
+    wait_for(lambda: sum(counts.values()) == 4, what="4 deliveries", conn=conn)
     conn.process_data_events(time_limit=0.2)
     assert counts == {"c0": 2, "c1": 2}
     assert ch.queue_declare(q, passive=True).method.message_count == 6
@@ -305,7 +303,7 @@ def test_qos_global_is_shared_by_the_channel(conn):
     q = ch.queue_declare("", exclusive=True).method.queue
     publish_all(ch, q, [str(i).encode() for i in range(10)])
     counts = _held(conn, q, ch, 2, {"prefetch_count": 3, "global_qos": True})
-    wait_until(conn, lambda: sum(counts.values()) == 3, what="3 deliveries")
+    wait_for(lambda: sum(counts.values()) == 3, what="3 deliveries", conn=conn)
     conn.process_data_events(time_limit=0.2)
     assert sum(counts.values()) == 3
     assert ch.queue_declare(q, passive=True).method.message_count == 7
@@ -325,8 +323,8 @@ def test_qos_applies_only_to_later_consumers(conn):
     ch.basic_consume(
         q2, lambda c, m, p, b: got.__setitem__("late", got["late"] + 1)
     )
-    wait_until(
-        conn, lambda: got["early"] == 5 and got["late"] == 1, what="deliveries"
+    wait_for(
+        lambda: got["early"] == 5 and got["late"] == 1, what="deliveries", conn=conn
     )
     conn.process_data_events(time_limit=0.2)
     assert got == {"early": 5, "late": 1}
@@ -339,11 +337,11 @@ def test_qos_ack_releases_the_next_message(conn):
     ch.basic_qos(prefetch_count=1)
     got: list[Any] = []
     ch.basic_consume(q, lambda c, m, p, b: got.append((m.delivery_tag, b)))
-    wait_until(conn, lambda: len(got) == 1)
+    wait_for(lambda: len(got) == 1, conn=conn)
     conn.process_data_events(time_limit=0.1)
     assert [b for _, b in got] == [b"1"]
     ch.basic_ack(got[0][0])
-    wait_until(conn, lambda: len(got) == 2)
+    wait_for(lambda: len(got) == 2, conn=conn)
     assert got[1][1] == b"2"
 
 
@@ -363,7 +361,7 @@ def test_round_robin_between_consumers(conn):
         )
     for i in range(9):
         ch.basic_publish("", q, str(i).encode())
-    wait_until(conn, lambda: sum(map(len, got.values())) == 9)
+    wait_for(lambda: sum(map(len, got.values())) == 9, conn=conn)
     assert sorted(len(v) for v in got.values()) == [3, 3, 3]
     # Each consumer sees every third message.
     for seq in got.values():
@@ -382,7 +380,7 @@ def test_consumer_cancel_notification_on_queue_delete(connect, uniq, cleanup):
     tag = ch.basic_consume(q, lambda *a: None)
     assert ch.consumer_tags == [tag]
     connect().channel().queue_delete(q)
-    wait_until(conn, lambda: len(cancelled) == 1, what="server basic.cancel")
+    wait_for(lambda: len(cancelled) == 1, what="server basic.cancel", conn=conn)
     assert cancelled[0].method.consumer_tag == tag
     assert ch.is_open and conn.is_open
     assert ch.consumer_tags == []
@@ -424,7 +422,7 @@ def test_cancelled_consumer_gets_nothing_more(conn):
     got: list[bytes] = []
     tag = ch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
     ch.basic_publish("", q, b"1")
-    wait_until(conn, lambda: got == [b"1"])
+    wait_for(lambda: got == [b"1"], conn=conn)
     ch.basic_cancel(tag)
     ch.basic_publish("", q, b"2")
     assert wait_message_count(ch, q, 1) == 1
@@ -486,9 +484,9 @@ def test_declare_ok_counts_ready_messages_and_consumers(conn, uniq, cleanup):
     cons.basic_qos(prefetch_count=1)
     cons.basic_consume(name, lambda *a: None)
     cons.basic_consume(name, lambda *a: None)
-    wait_until(
-        conn,
+    wait_for(
         lambda: ch.queue_declare(name, passive=True).method.message_count == 0,
+        conn=conn,
     )
     ok = ch.queue_declare(name, passive=True).method
     assert (ok.message_count, ok.consumer_count) == (0, 2)
@@ -913,7 +911,7 @@ def test_tx_mandatory_return_sent_at_commit(conn, uniq):
     conn.process_data_events(time_limit=0.1)
     assert returned == []
     ch.tx_commit()
-    wait_until(conn, lambda: len(returned) == 1, what="return at commit")
+    wait_for(lambda: len(returned) == 1, what="return at commit", conn=conn)
     assert returned[0].reply_code == 312
 
 

@@ -21,22 +21,21 @@ import amqp.exceptions
 import pika
 import pika.exceptions
 import pytest
-from itest_support import (
-    PROTOCOL_HEADER,
-    WAIT,
-    RawAMQP,
-    RawClosed,
-    amqp_connect,
-    get_message,
-    method_payload,
-    raw_frame,
-    raw_method_frame,
-    wait_message_count,
-)
+from itest_support import amqp_connect
 from pamqp import body as pbody
 from pamqp import commands
 from pamqp import constants as pconst
 from pamqp import header as pheader
+
+from support.blocking import get_message, wait_message_count
+from support.frames import (
+    PROTOCOL_HEADER,
+    method_payload,
+    raw_frame,
+    raw_method_frame,
+)
+from support.raw import Closed, RawClient
+from support.waits import WAIT
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -577,7 +576,7 @@ def test_consume_on_queue_with_exclusive_consumer(connect, uniq, healthy):
 
 def test_bad_credentials_with_auth_failure_close(raw, broker, healthy):
     """Clients advertising authentication_failure_close get 403 before the socket closes."""
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.send(PROTOCOL_HEADER)
     r.expect(commands.Connection.Start)
     r.send_frame(
@@ -615,7 +614,7 @@ def test_bad_credentials_pika(broker, healthy):
 
 
 def test_open_missing_vhost_raw(raw, uniq, healthy):
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     vhost = uniq("no-such-vhost")
     r.send(PROTOCOL_HEADER)
     r.expect(commands.Connection.Start)
@@ -775,16 +774,16 @@ def test_unknown_exchange_type(connect, uniq, healthy):
 
 
 @pytest.fixture
-def opened(raw) -> RawAMQP:
+def opened(raw) -> RawClient:
     """A raw connection after a full handshake, with channel 1 open."""
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.handshake()
     r.open_channel(1)
     return r
 
 
 def assert_hard_close(
-    r: RawAMQP, code: int, prefix: str, wait_eof: bool = True
+    r: RawClient, code: int, prefix: str, wait_eof: bool = True
 ) -> Any:
     close = r.expect_connection_close(wait_eof=wait_eof)
     assert close.reply_code == code, (close.reply_code, close.reply_text)
@@ -921,7 +920,7 @@ def test_frame_larger_than_frame_max_is_501(opened, healthy):
 
 
 def test_frame_exactly_frame_max_is_accepted(raw, healthy):
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.handshake(frame_max=4096)
     r.open_channel(1)
     r.send_frame(commands.Queue.Declare(queue="", exclusive=True), 1)
@@ -977,7 +976,7 @@ def test_invalid_field_table_in_method_kills_connection(opened, healthy):
     opened.send(raw_method_frame(1, payload))
     try:
         _, value = opened.read_frame()
-    except RawClosed:
+    except Closed:
         pass  # RabbitMQ's behaviour
     else:
         assert isinstance(value, commands.Connection.Close), value
@@ -1025,7 +1024,7 @@ def test_invalid_field_table_in_content_header_kills_connection(
     ids=["0-9-2", "0-8-0", "http"],
 )
 def test_bad_protocol_header(raw, header, healthy):
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.send(header)
     assert r.read_until_eof() == PROTOCOL_HEADER
     healthy()
@@ -1033,7 +1032,7 @@ def test_bad_protocol_header(raw, header, healthy):
 
 def test_channel_max_exceeded_is_530(raw, healthy):
     """With channel_max=2 negotiated, a third open channel is refused."""
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.handshake(channel_max=2)
     r.open_channel(1)
     r.open_channel(2)
@@ -1048,7 +1047,7 @@ def test_channel_max_exceeded_is_530(raw, healthy):
 
 def test_channel_max_counts_open_channels_not_ids(raw):
     """Channel ids above channel_max are fine while fewer channels are open."""
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.handshake(channel_max=2)
     r.open_channel(1)
     r.open_channel(2)
@@ -1065,7 +1064,7 @@ def test_channel_max_counts_open_channels_not_ids(raw):
 
 def test_method_before_connection_open_is_505(raw, healthy):
     """A channel.open right after tune-ok, before connection.open."""
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.send(PROTOCOL_HEADER)
     r.expect(commands.Connection.Start)
     r.send_frame(

@@ -16,21 +16,17 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from itest_support import (
-    PROTOCOL_HEADER,
-    RawAMQP,
-    RawClosed,
-    pbody,
-    pheader,
-    raw_frame,
-    raw_method_frame,
-)
+from pamqp import body as pbody
 from pamqp import commands
+from pamqp import header as pheader
+
+from support.frames import PROTOCOL_HEADER, raw_frame, raw_method_frame
+from support.raw import Closed, RawClient
 
 Props = commands.Basic.Properties
 
 
-def _channel_close(r: RawAMQP, *methods: Any) -> Any:
+def _channel_close(r: RawClient, *methods: Any) -> Any:
     """Send methods on channel 1; return the first close that comes back."""
     for method in methods:
         r.send_frame(method, 1)
@@ -42,8 +38,8 @@ def _channel_close(r: RawAMQP, *methods: Any) -> Any:
 
 
 @pytest.fixture
-def opened(raw: Any) -> RawAMQP:
-    r: RawAMQP = raw()
+def opened(raw: Any) -> RawClient:
+    r: RawClient = raw()
     r.handshake()
     r.open_channel(1)
     return r
@@ -56,7 +52,7 @@ def _close_ids(close: Any) -> tuple[int, int, int]:
 # ------------------------------------------- class/method ids in closes
 
 
-def test_publish_to_missing_exchange_names_basic_publish(opened: RawAMQP, uniq: Any) -> None:
+def test_publish_to_missing_exchange_names_basic_publish(opened: RawClient, uniq: Any) -> None:
     opened.send_frame(commands.Basic.Publish(exchange=uniq("nope"), routing_key="k"), 1)
     opened.send_frame(pheader.ContentHeader(0, 1, Props()), 1)
     opened.send_frame(pbody.ContentBody(b"x"), 1)
@@ -64,14 +60,14 @@ def test_publish_to_missing_exchange_names_basic_publish(opened: RawAMQP, uniq: 
     assert _close_ids(close) == (404, 60, 40)
 
 
-def test_second_channel_open_names_channel_open(opened: RawAMQP) -> None:
+def test_second_channel_open_names_channel_open(opened: RawClient) -> None:
     chan, close = _channel_close(opened, commands.Channel.Open())
     assert chan == 0
     assert _close_ids(close) == (504, 20, 10)
 
 
 def test_open_missing_vhost_close_ids(raw: Any, broker: Any, uniq: Any) -> None:
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     _tune_ok_only(r, broker, None, None)
     r.send_frame(commands.Connection.Open(virtual_host=uniq("novhost")))
     close = r.expect(commands.Connection.Close)
@@ -91,7 +87,7 @@ def test_open_missing_vhost_close_ids(raw: Any, broker: Any, uniq: Any) -> None:
         (lambda n: commands.Exchange.Bind(destination=n, source="amq.direct"), (404, 40, 30)),
     ],
 )
-def test_channel_close_names_the_method(opened: RawAMQP, uniq: Any, make: Any, ids: Any) -> None:
+def test_channel_close_names_the_method(opened: RawClient, uniq: Any, make: Any, ids: Any) -> None:
     _, close = _channel_close(opened, make(uniq("missing")))
     assert _close_ids(close) == ids
 
@@ -99,13 +95,13 @@ def test_channel_close_names_the_method(opened: RawAMQP, uniq: Any, make: Any, i
 # ------------------------------------------------------ declare rules
 
 
-def test_declare_default_exchange_is_403(opened: RawAMQP) -> None:
+def test_declare_default_exchange_is_403(opened: RawClient) -> None:
     _, close = _channel_close(opened, commands.Exchange.Declare(exchange="", exchange_type="direct"))
     assert _close_ids(close) == (403, 40, 10)
     assert close.reply_text == "ACCESS_REFUSED - operation not permitted on the default exchange"
 
 
-def test_passive_declare_default_exchange_is_403(opened: RawAMQP) -> None:
+def test_passive_declare_default_exchange_is_403(opened: RawClient) -> None:
     _, close = _channel_close(opened, commands.Exchange.Declare(exchange="", passive=True))
     assert _close_ids(close) == (403, 40, 10)
 
@@ -146,14 +142,14 @@ def test_passive_declare_default_exchange_is_403(opened: RawAMQP) -> None:
         ),
     ],
 )
-def test_queue_declare_refusals(opened: RawAMQP, uniq: Any, kwargs: Any, text: str) -> None:
+def test_queue_declare_refusals(opened: RawClient, uniq: Any, kwargs: Any, text: str) -> None:
     name = uniq("q")
     _, close = _channel_close(opened, commands.Queue.Declare(queue=name, **kwargs))
     assert _close_ids(close) == (406, 50, 10)
     assert close.reply_text == "PRECONDITION_FAILED - " + text.format(q=name)
 
 
-def test_server_named_quorum_queue_is_refused(opened: RawAMQP) -> None:
+def test_server_named_quorum_queue_is_refused(opened: RawClient) -> None:
     _, close = _channel_close(
         opened,
         commands.Queue.Declare(queue="", durable=True, arguments={"x-queue-type": "quorum"}),
@@ -180,7 +176,7 @@ def test_redeclare_with_classic_type_is_equivalent(broker: Any, uniq: Any) -> No
 # ------------------------------------------------------- framing rules
 
 
-def _tune_ok_only(r: RawAMQP, broker: Any, channel_max: int | None, frame_max: int | None) -> Any:
+def _tune_ok_only(r: RawClient, broker: Any, channel_max: int | None, frame_max: int | None) -> Any:
     r.send(PROTOCOL_HEADER)
     r.expect(commands.Connection.Start)
     r.send_frame(
@@ -213,11 +209,11 @@ def _tune_ok_only(r: RawAMQP, broker: Any, channel_max: int | None, frame_max: i
 def test_tune_ok_beyond_the_offer_ends_the_connection(
     raw: Any, broker: Any, channel_max: int | None, frame_max: int | None, text: str
 ) -> None:
-    r: RawAMQP = raw(timeout=10)
+    r: RawClient = raw(timeout=10)
     _tune_ok_only(r, broker, channel_max, frame_max)
     if broker.external:
         # RabbitMQ 3.10 says nothing: it waits 3 s and resets the socket.
-        with pytest.raises((RawClosed, ConnectionResetError)):
+        with pytest.raises((Closed, ConnectionResetError)):
             r.read_frame(timeout=8)
         return
     # mqbroker says why (530, caused by connection.tune) and closes at once.
@@ -227,7 +223,7 @@ def test_tune_ok_beyond_the_offer_ends_the_connection(
     assert r.read_until_eof(timeout=1.0) == b""
 
 
-def test_body_longer_than_declared_is_505(opened: RawAMQP, broker: Any) -> None:
+def test_body_longer_than_declared_is_505(opened: RawClient, broker: Any) -> None:
     opened.send_frame(commands.Basic.Publish(exchange="", routing_key="nowhere"), 1)
     opened.send_frame(pheader.ContentHeader(0, 3, Props()), 1)
     opened.send_frame(pbody.ContentBody(b"hello"), 1)
@@ -238,7 +234,7 @@ def test_body_longer_than_declared_is_505(opened: RawAMQP, broker: Any) -> None:
     assert close.reply_text.startswith("UNEXPECTED_FRAME - content body of 5 bytes")
 
 
-def test_socket_closes_right_after_a_501(opened: RawAMQP, broker: Any) -> None:
+def test_socket_closes_right_after_a_501(opened: RawClient, broker: Any) -> None:
     # A method frame whose end octet is wrong: framing is lost.
     opened.send(b"\x01\x00\x01\x00\x00\x00\x04\x00\x3c\x00\x28\x00")
     chan, close = opened.read_frame()
@@ -360,7 +356,7 @@ def test_ttl_zero_dead_letters_at_once(broker: Any, uniq: Any) -> None:
 # ------------------------------------------------------ consumer cancel
 
 
-def _read_quiet(r: RawAMQP, quiet: float = 0.5) -> list[Any]:
+def _read_quiet(r: RawClient, quiet: float = 0.5) -> list[Any]:
     """Every method frame until the broker has been quiet for ``quiet``."""
     seen = []
     while True:
@@ -379,7 +375,7 @@ def test_no_server_cancel_for_a_consumer_the_client_cancelled(
 ) -> None:
     """kombu cancels a consumer, then deletes its queue: only the consumer
     still there gets a server basic.cancel, after the delete-ok."""
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.handshake()
     r.open_channel(1)
     name = uniq("q")
@@ -509,7 +505,7 @@ _LONG_1 = b"l" + struct.pack(">q", 1)
 
 
 def test_headers_exchange_compares_array_elements_with_their_types(raw: Any, uniq: Any) -> None:
-    r: RawAMQP = raw()
+    r: RawClient = raw()
     r.handshake()
     r.open_channel(1)
     exchange, queue = uniq("hx"), uniq("q")

@@ -12,7 +12,8 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from itest_support import pika_params
+
+from support.blocking import pika_params
 
 pytestmark = pytest.mark.timeout(30)
 

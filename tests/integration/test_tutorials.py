@@ -13,7 +13,9 @@ from typing import Any
 
 import pika
 import pytest
-from itest_support import drain, pika_params, wait_until
+
+from support.blocking import drain, pika_params
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,8 +45,8 @@ def test_hello_world(connect, uniq, cleanup):
     recv_ch.basic_consume(
         queue=queue, on_message_callback=callback, auto_ack=True
     )
-    wait_until(
-        receiver, lambda: len(received) == 1, what="hello world message"
+    wait_for(
+        lambda: len(received) == 1, what="hello world message", conn=receiver
     )
     method, body = received[0]
     assert body == b"Hello World!"
@@ -88,8 +90,8 @@ def test_work_queues_round_robin(connect, uniq, cleanup):
                 delivery_mode=pika.DeliveryMode.Persistent
             ),
         )
-    wait_until(
-        conn, lambda: len(got["w1"]) + len(got["w2"]) == 10, what="10 tasks"
+    wait_for(
+        lambda: len(got["w1"]) + len(got["w2"]) == 10, what="10 tasks", conn=conn
     )
     assert sorted(got["w1"] + got["w2"]) == sorted(
         f"task {i}".encode() for i in range(10)
@@ -132,18 +134,18 @@ def test_work_queues_fair_dispatch(connect, uniq, cleanup):
 
     slow_ch.basic_consume(queue=queue, on_message_callback=slow_cb)
     # Let the slow worker's consumer be registered first.
-    wait_until(
-        conn,
+    wait_for(
         lambda: (
             pch.queue_declare(queue, passive=True).method.consumer_count == 1
         ),
+        conn=conn,
     )
     fast_ch.basic_consume(queue=queue, on_message_callback=fast_cb)
-    wait_until(
-        conn,
+    wait_for(
         lambda: (
             pch.queue_declare(queue, passive=True).method.consumer_count == 2
         ),
+        conn=conn,
     )
 
     total = 8
@@ -156,10 +158,10 @@ def test_work_queues_fair_dispatch(connect, uniq, cleanup):
                 delivery_mode=pika.DeliveryMode.Persistent
             ),
         )
-    wait_until(
-        conn,
+    wait_for(
         lambda: len(slow) + len(fast) == total,
         what="all tasks dispatched",
+        conn=conn,
     )
     assert len(slow) == 1, (slow, fast)
     assert len(fast) == total - 1
@@ -179,8 +181,8 @@ def test_work_queues_fair_dispatch(connect, uniq, cleanup):
         b"task last",
         pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
     )
-    wait_until(
-        conn, lambda: len(slow) + len(fast) == total + 1, what="last task"
+    wait_for(
+        lambda: len(slow) + len(fast) == total + 1, what="last task", conn=conn
     )
 
 
@@ -204,7 +206,7 @@ def test_work_queue_unacked_task_is_redelivered_when_worker_dies(
     wch.basic_qos(prefetch_count=1)
     got: list[Any] = []
     wch.basic_consume(queue, lambda ch, m, p, b: got.append((m, b)))
-    wait_until(worker, lambda: len(got) == 1)
+    wait_for(lambda: len(got) == 1, conn=worker)
     assert got[0][0].redelivered is False
     worker.close()  # dies without acking
 
@@ -218,7 +220,7 @@ def test_work_queue_unacked_task_is_redelivered_when_worker_dies(
             ch.basic_ack(m.delivery_tag),
         ),
     )
-    wait_until(worker2, lambda: len(got2) == 1)
+    wait_for(lambda: len(got2) == 1, conn=worker2)
     assert got2[0][1] == b"important"
     assert got2[0][0].redelivered is True
 
@@ -256,7 +258,7 @@ def test_publish_subscribe_fanout(connect, uniq, cleanup):
         )
 
     for conn, _ch, _q, received in subscribers:
-        wait_until(conn, lambda r=received: len(r) == 3, what="3 log lines")
+        wait_for(lambda r=received: len(r) == 3, what="3 log lines", conn=conn)
         assert received == [b"log 0", b"log 1", b"log 2"]
 
     # An exclusive queue goes away with its connection.
@@ -509,11 +511,11 @@ class FibonacciRpcClient:
 
     def call(self, n: int, timeout: float = 10) -> int:
         corr_id = self.send(n)
-        wait_until(
-            self.connection,
+        wait_for(
             lambda: corr_id in self.responses,
             timeout,
-            f"fib({n})",
+            what=f"fib({n})",
+            conn=self.connection,
         )
         return int(self.responses.pop(corr_id))
 
@@ -546,10 +548,10 @@ def test_rpc_concurrent_requests_matched_by_correlation_id(
 ):
     client = FibonacciRpcClient(connect(), rpc_server.queue)
     ids = {client.send(n): n for n in range(12)}
-    wait_until(
-        client.connection,
+    wait_for(
         lambda: len(client.responses) == 12,
         what="12 replies",
+        conn=client.connection,
     )
     assert {cid: int(body) for cid, body in client.responses.items()} == {
         cid: fib(n) for cid, n in ids.items()
@@ -574,7 +576,7 @@ def test_rpc_direct_reply_to(connect, rpc_server):
             reply_to="amq.rabbitmq.reply-to", correlation_id="direct-1"
         ),
     )
-    wait_until(conn, lambda: len(replies) == 1, what="direct reply")
+    wait_for(lambda: len(replies) == 1, what="direct reply", conn=conn)
     method, props, body = replies[0]
     assert body == b"144"
     assert props.correlation_id == "direct-1"

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any
 
 import httpx
 import pika
+
+import support.waits
 
 
 @dataclass
@@ -49,12 +50,7 @@ class Mgmt:
     def wait_for(
         self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        support.waits.wait_for(predicate, timeout, interval=0.05, what=what)
 
     def wait_ready(self, name: str, count: int, timeout: float = 10.0) -> None:
         self.wait_for(

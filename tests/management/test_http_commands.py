@@ -20,6 +20,8 @@ import httpx
 import pika
 import pytest
 
+from support.waits import wait_for
+
 EXTERNAL_HTTP = os.environ.get("MQBROKER_EXTERNAL_MANAGEMENT_URL")
 EXTERNAL_AMQP = os.environ.get("MQBROKER_EXTERNAL_URL")
 needs_plugins = pytest.mark.skipif(
@@ -92,15 +94,6 @@ def api(request: pytest.FixtureRequest) -> Iterator[Api]:
         found = Api(f"http://127.0.0.1:{handle.management_port}", handle.url)
     yield found
     found.cleanup()
-
-
-def _eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------ permissions
@@ -228,7 +221,11 @@ def test_http_publish_to_delayed_exchange_is_delayed(api: Api) -> None:
     }
     assert api.get(queue) == []  # held, not delivered at once
     found: list[dict[str, Any]] = []
-    _eventually(lambda: bool(found.extend(api.get(queue)) or found), "the delayed message")
+    wait_for(
+        lambda: bool(found.extend(api.get(queue)) or found),
+        interval=0.05,
+        what="the delayed message",
+    )
     assert found[0]["payload"] == "later"
     assert found[0]["properties"]["headers"]["x-delay"] == -400
 

@@ -17,18 +17,15 @@ import contextlib
 import struct
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pika
-import pika.exceptions
 import trio
 from pamqp import commands
 
-from amqp_support import Cleanup, pika_params
+from support.names import unique_name
 from support.raw import RawClient
 from support.waits import WAIT
 
@@ -74,7 +71,7 @@ EXTERNAL_SKIP = "needs mqbroker's internals (not run against an external broker)
 
 
 def unique(prefix: str = "q") -> str:
-    return f"ptest.{prefix}.{uuid.uuid4().hex[:12]}"
+    return unique_name(prefix, suite="ptest")
 
 
 def start_embedded(data_dir: Path, **overrides: Any) -> PolicyBroker:
@@ -87,66 +84,6 @@ def start_embedded(data_dir: Path, **overrides: Any) -> PolicyBroker:
         host="127.0.0.1", port=running.port, data_dir=data_dir, embedded=running,
         config=config,
     )
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = WAIT,
-    interval: float = 0.02,
-    conn: pika.BlockingConnection | None = None,
-) -> Any:
-    """Poll ``predicate`` until truthy (pumping ``conn``'s I/O meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        if conn is not None:
-            conn.process_data_events(time_limit=interval)
-        else:
-            time.sleep(interval)
-
-
-def message_count(ch: Any, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
-def wait_count(ch: Any, queue: str, expected: int, timeout: float = WAIT) -> None:
-    last = [None]
-
-    def check() -> bool:
-        last[0] = message_count(ch, queue)
-        return last[0] == expected
-
-    try:
-        wait_until(check, timeout, interval=0.02)
-    except AssertionError:
-        raise AssertionError(
-            f"queue {queue}: {last[0]} messages, expected {expected}"
-        ) from None
-
-
-def get(ch: Any, queue: str, timeout: float = WAIT, auto_ack: bool = True) -> Any:
-    """basic.get until a message arrives -> (method, properties, body)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        method, props, body = ch.basic_get(queue, auto_ack=auto_ack)
-        if method is not None:
-            return method, props, body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no message in {queue} within {timeout} s")
-        ch.connection.process_data_events(time_limit=0.02)
-
-
-def drain(ch: Any, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
 
 
 def text(value: Any) -> Any:
@@ -317,25 +254,3 @@ def death_shape(
 
 def headers_dict(headers: list[tuple[str, str, Any]]) -> dict[str, tuple[str, Any]]:
     return {k: (t, v) for k, t, v in headers}
-
-
-__all__ = [
-    "EXTERNAL_SKIP",
-    "WAIT",
-    "Cleanup",
-    "PolicyBroker",
-    "RawGet",
-    "death_shape",
-    "drain",
-    "get",
-    "has_expiration",
-    "headers_dict",
-    "message_count",
-    "pika_params",
-    "start_embedded",
-    "text",
-    "typed_headers",
-    "unique",
-    "wait_count",
-    "wait_until",
-]

@@ -27,7 +27,8 @@ import kombu
 import pika
 import pytest
 from kombu.transport import native_delayed_delivery as ndd
-from policy_support import pika_params
+
+from support.blocking import pika_params
 
 pytestmark = pytest.mark.timeout(120)
 

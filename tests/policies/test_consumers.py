@@ -11,7 +11,9 @@ import aio_pika
 import pika
 import pika.exceptions
 import pytest
-from policy_support import drain, get, message_count, wait_until
+
+from support.blocking import drain, get_message, message_count
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,7 +59,7 @@ def test_requeued_priority_message_returns_to_its_level(ch, uniq):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"low", pika.BasicProperties(priority=1))
     ch.basic_publish("", q, b"high", pika.BasicProperties(priority=5))
-    method, _, body = get(ch, q, auto_ack=False)
+    method, _, body = get_message(ch, q, auto_ack=False)
     assert body == b"high"
     ch.basic_nack(method.delivery_tag, requeue=True)
     assert drain(ch, q) == [b"high", b"low"]
@@ -108,13 +110,13 @@ def test_single_active_consumer(connect, uniq, cleanup):
     ch.confirm_delivery()
     for i in range(6):
         ch.basic_publish("", q, b"m%d" % i)
-    wait_until(lambda: len(first) == 6, conn=conn)
+    wait_for(lambda: len(first) == 6, conn=conn)
     conn.process_data_events(time_limit=0.3)
     assert second == []
     ch1.basic_cancel(tag1)
     for i in range(6, 9):
         ch.basic_publish("", q, b"m%d" % i)
-    wait_until(lambda: len(second) == 3, conn=conn)
+    wait_for(lambda: len(second) == 3, conn=conn)
     assert first == [b"m%d" % i for i in range(6)]
     assert second == [b"m6", b"m7", b"m8"]
 
@@ -134,9 +136,9 @@ def test_single_active_consumer_unacked_go_to_the_next_one(connect, uniq, cleanu
     got2: list[tuple[bytes, bool]] = []
     ch2 = conn.channel()
     ch2.basic_consume(q, lambda c, m, p, b: got2.append((b, m.redelivered)), auto_ack=True)
-    wait_until(lambda: len(got1) == 3, conn=conn)
+    wait_for(lambda: len(got1) == 3, conn=conn)
     ch1.close()  # the active consumer dies with everything unacked
-    wait_until(lambda: len(got2) == 3, conn=conn)
+    wait_for(lambda: len(got2) == 3, conn=conn)
     assert got2 == [(b"m0", True), (b"m1", True), (b"m2", True)]
 
 
@@ -160,13 +162,13 @@ def test_consumer_priorities(connect, uniq):
     ch.confirm_delivery()
     for i in range(5):
         ch.basic_publish("", q, b"m%d" % i)
-    wait_until(lambda: len(high) + len(low) == 5, conn=conn)
+    wait_for(lambda: len(high) + len(low) == 5, conn=conn)
     # the high-priority consumer takes all it can (2), the rest overflow
     assert len(high) == 2
     assert low == [b"m2", b"m3", b"m4"]
     ch_high.basic_ack(high[-1], multiple=True)
     ch.basic_publish("", q, b"m5")
-    wait_until(lambda: len(high) == 3, conn=conn)
+    wait_for(lambda: len(high) == 3, conn=conn)
     assert len(low) == 3
 
 
@@ -182,7 +184,7 @@ def test_equal_consumer_priorities_round_robin(connect, uniq):
     ch.confirm_delivery()
     for i in range(6):
         ch.basic_publish("", q, b"m%d" % i)
-    wait_until(lambda: len(got[1]) + len(got[2]) == 6, conn=conn)
+    wait_for(lambda: len(got[1]) + len(got[2]) == 6, conn=conn)
     assert len(got[1]) == 3 and len(got[2]) == 3
 
 
@@ -204,7 +206,7 @@ def test_consumer_timeout_closes_the_channel(inproc, connect, uniq):
     closed: list[tuple[int, str]] = []
     started = time.monotonic()
     try:
-        wait_until(lambda: not holder.is_open, conn=conn, timeout=10)
+        wait_for(lambda: not holder.is_open, conn=conn, timeout=10)
     finally:
         elapsed = time.monotonic() - started
     assert got == [b"slow"]
@@ -219,7 +221,7 @@ def test_consumer_timeout_closes_the_channel(inproc, connect, uniq):
     )
     assert "timed out. Timeout value used: 500 ms" in text_
     # requeued, redelivered to someone else
-    method, _, body = get(ch, q)
+    method, _, body = get_message(ch, q, auto_ack=True)
     assert body == b"slow" and method.redelivered
 
 

@@ -22,17 +22,20 @@ import pika
 import pika.exceptions
 import pytest
 from policy_support import (
-    Cleanup,
     PolicyBroker,
     RawGet,
     death_shape,
-    get,
     headers_dict,
-    message_count,
-    pika_params,
     text,
     typed_headers,
     unique,
+)
+
+from support.blocking import (
+    Cleanup,
+    get_message,
+    message_count,
+    pika_params,
     wait_count,
 )
 
@@ -48,7 +51,7 @@ def _dl(dlq: str | None, exchange: str = "", **extra: Any) -> dict[str, Any]:
 
 
 def _reject(ch: Any, queue: str, requeue: bool = False) -> bytes:
-    method, _, body = get(ch, queue, auto_ack=False)
+    method, _, body = get_message(ch, queue, auto_ack=False)
     ch.basic_reject(method.delivery_tag, requeue=requeue)
     return body
 
@@ -62,12 +65,12 @@ def test_reason_rejected_by_nack_and_reject(ch, uniq):
     ch.queue_declare(q, exclusive=True, arguments=_dl(dlq))
     ch.basic_publish("", q, b"one")
     ch.basic_publish("", q, b"two")
-    m1, _, _ = get(ch, q, auto_ack=False)
+    m1, _, _ = get_message(ch, q, auto_ack=False)
     ch.basic_nack(m1.delivery_tag, requeue=False)
-    m2, _, _ = get(ch, q, auto_ack=False)
+    m2, _, _ = get_message(ch, q, auto_ack=False)
     ch.basic_reject(m2.delivery_tag, requeue=False)
     for body in (b"one", b"two"):
-        _, props, got = get(ch, dlq)
+        _, props, got = get_message(ch, dlq, auto_ack=True)
         assert got == body
         assert text(props.headers["x-death"][0]["reason"]) == "rejected"
         assert text(props.headers["x-first-death-reason"]) == "rejected"
@@ -80,7 +83,7 @@ def test_nack_multiple_dead_letters_all(ch, uniq):
     ch.queue_declare(q, exclusive=True, arguments=_dl(dlq))
     for i in range(3):
         ch.basic_publish("", q, b"%d" % i)
-    tags = [get(ch, q, auto_ack=False)[0].delivery_tag for _ in range(3)]
+    tags = [get_message(ch, q, auto_ack=False)[0].delivery_tag for _ in range(3)]
     ch.basic_nack(tags[-1], multiple=True, requeue=False)
     wait_count(ch, dlq, 3)
 
@@ -91,7 +94,7 @@ def test_requeue_true_does_not_dead_letter(ch, uniq):
     ch.queue_declare(q, exclusive=True, arguments=_dl(dlq))
     ch.basic_publish("", q, b"x")
     _reject(ch, q, requeue=True)
-    method, _, body = get(ch, q)
+    method, _, body = get_message(ch, q, auto_ack=True)
     assert body == b"x" and method.redelivered
     assert message_count(ch, dlq) == 0
 
@@ -159,7 +162,7 @@ def test_dead_letter_to_exchange_with_alternate(ch, uniq):
     ch.queue_bind(q, dlx, routing_key="unused")
     ch.basic_publish("", q, b"x")
     _reject(ch, q)
-    _, props, body = get(ch, ae_q)
+    _, props, body = get_message(ch, ae_q, auto_ack=True)
     assert body == b"x"
 
 
@@ -201,7 +204,7 @@ def test_cycle_with_a_reject_is_not_dropped(ch, uniq):
     ch.queue_declare(b, exclusive=True, arguments=_dl(a, **{"x-message-ttl": 100}))
     ch.basic_publish("", a, b"x")
     for round_ in range(1, 4):
-        method, props, _ = get(ch, a, auto_ack=False)
+        method, props, _ = get_message(ch, a, auto_ack=False)
         if round_ > 1:
             counts = {
                 (text(d["queue"]), text(d["reason"])): d["count"]
@@ -378,7 +381,7 @@ def test_x_last_death_headers(ch, uniq):
     ch.queue_declare(q1, exclusive=True, arguments=_dl(q2))
     ch.basic_publish("", q1, b"x")
     _reject(ch, q1)
-    _, props, _ = get(ch, q3)
+    _, props, _ = get_message(ch, q3, auto_ack=True)
     h = props.headers
     assert text(h["x-first-death-queue"]) == q1
     assert text(h["x-first-death-reason"]) == "rejected"
@@ -407,7 +410,7 @@ def test_dead_lettered_copy_keeps_properties(ch, uniq):
     )
     ch.basic_publish("", q, b"{}", sent)
     _reject(ch, q)
-    _, props, body = get(ch, dlq)
+    _, props, body = get_message(ch, dlq, auto_ack=True)
     assert body == b"{}"
     for name in (
         "content_type", "content_encoding", "delivery_mode", "priority",

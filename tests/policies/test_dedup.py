@@ -11,15 +11,10 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from policy_support import (
-    drain,
-    get,
-    message_count,
-    pika_params,
-    start_embedded,
-)
+from policy_support import start_embedded
 
 from mqbroker.model.dedup import DedupCache
+from support.blocking import drain, get_message, message_count, pika_params
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -54,12 +49,12 @@ def test_queue_key_held_until_ack_and_kept_over_requeue(inproc, ch, uniq):
     ch.queue_declare(q, exclusive=True, arguments={"x-message-deduplication": True})
     ch.confirm_delivery()
     _pub(ch, "", q, b"first", "K")
-    method, _, _ = get(ch, q, auto_ack=False)
+    method, _, _ = get_message(ch, q, auto_ack=False)
     _pub(ch, "", q, b"dup-while-unacked", "K")
     assert message_count(ch, q) == 0
     ch.basic_nack(method.delivery_tag, requeue=True)
     _pub(ch, "", q, b"dup-after-requeue", "K")
-    method, _, body = get(ch, q, auto_ack=False)
+    method, _, body = get_message(ch, q, auto_ack=False)
     assert body == b"first"
     ch.basic_ack(method.delivery_tag)
     _pub(ch, "", q, b"second", "K")
@@ -89,7 +84,7 @@ def test_queue_key_released_by_dead_lettering_and_purge(inproc, ch, uniq):
         },
     )
     _pub(ch, "", q, b"x", "K")
-    method, _, _ = get(ch, q, auto_ack=False)
+    method, _, _ = get_message(ch, q, auto_ack=False)
     ch.basic_reject(method.delivery_tag, requeue=False)
     _pub(ch, "", q, b"y", "K")
     assert message_count(ch, q) == 1

@@ -11,14 +11,10 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from policy_support import (
-    drain,
-    get,
-    message_count,
-    pika_params,
-    start_embedded,
-    wait_until,
-)
+from policy_support import start_embedded
+
+from support.blocking import drain, get_message, message_count, pika_params
+from support.waits import wait_for
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -54,7 +50,7 @@ def test_message_is_held_until_due(delayed, ch):
     started = time.monotonic()
     _publish(ch, ex, b"later", 400)
     assert message_count(ch, q) == 0
-    method, props, body = get(ch, q, timeout=5)
+    method, props, body = get_message(ch, q, timeout=5, auto_ack=True)
     assert body == b"later"
     assert time.monotonic() - started >= 0.38
     assert props.headers["x-delay"] == -400  # the plugin's "was delayed" mark
@@ -72,7 +68,7 @@ def test_string_delay_is_parsed(delayed, ch):
     ex, q = delayed
     _publish(ch, ex, b"s", "200")
     assert message_count(ch, q) == 0
-    assert get(ch, q, timeout=5)[2] == b"s"
+    assert get_message(ch, q, timeout=5, auto_ack=True)[2] == b"s"
 
 
 def test_ordered_by_due_time_not_arrival(delayed, ch):
@@ -81,7 +77,7 @@ def test_ordered_by_due_time_not_arrival(delayed, ch):
     _publish(ch, ex, b"third", 600)
     _publish(ch, ex, b"first", 200)
     _publish(ch, ex, b"second", 400)
-    wait_until(lambda: message_count(ch, q) == 3, timeout=5)
+    wait_for(lambda: message_count(ch, q) == 3, timeout=5)
     assert drain(ch, q) == [b"first", b"second", b"third"]
 
 
@@ -95,15 +91,15 @@ def test_routing_uses_the_underlying_type_at_release(inproc, ch, uniq):
     _publish(ch, ex, b"o", 300, key="orders.eu")
     # bound after the publish: still gets it, bindings are read when due
     ch.queue_bind(b, ex, routing_key="#")
-    assert get(ch, a, timeout=5)[2] == b"o"
-    assert get(ch, b, timeout=5)[2] == b"o"
+    assert get_message(ch, a, timeout=5, auto_ack=True)[2] == b"o"
+    assert get_message(ch, b, timeout=5, auto_ack=True)[2] == b"o"
 
 
 def test_per_message_ttl_starts_at_release(delayed, ch):
     ex, q = delayed
     _publish(ch, ex, b"ttl", 300, expiration="200")
     time.sleep(0.35)
-    assert get(ch, q, timeout=2)[2] == b"ttl"
+    assert get_message(ch, q, timeout=2, auto_ack=True)[2] == b"ttl"
 
 
 def test_unroutable_when_due_is_dropped(delayed, ch):
@@ -123,7 +119,7 @@ def test_mandatory_delayed_publish_is_not_returned(delayed, conn, ch):
                      mandatory=True)
     conn.process_data_events(time_limit=0.5)
     assert returned == []
-    wait_until(lambda: message_count(ch, q) == 2, timeout=5)
+    wait_for(lambda: message_count(ch, q) == 2, timeout=5)
 
 
 def test_deleting_the_exchange_drops_held_messages(inproc, ch, uniq):
@@ -147,7 +143,7 @@ def test_exchange_to_exchange_binding_from_delayed(inproc, ch, uniq):
     ch.queue_declare(q, exclusive=True)
     ch.queue_bind(q, dest)
     _publish(ch, ex, b"hop", 200)
-    assert get(ch, q, timeout=5)[2] == b"hop"
+    assert get_message(ch, q, timeout=5, auto_ack=True)[2] == b"hop"
 
 
 def test_persistent_delayed_messages_survive_a_restart(scratch_dir: Path):
@@ -175,7 +171,7 @@ def test_persistent_delayed_messages_survive_a_restart(scratch_dir: Path):
         conn = pika.BlockingConnection(pika_params(second))
         ch = conn.channel()
         assert message_count(ch, "dly.q") == 0
-        _, props, body = get(ch, "dly.q", timeout=5)
+        _, props, body = get_message(ch, "dly.q", timeout=5, auto_ack=True)
         assert body == b"persistent"
         assert props.headers["x-delay"] == -1500
         time.sleep(0.3)
@@ -208,7 +204,7 @@ def test_released_persistent_message_is_durable_in_its_queue(scratch_dir: Path):
         ch.queue_bind("dly2.q", "dly2")
         ch.confirm_delivery()
         _publish(ch, "dly2", b"p", 200, delivery_mode=2)
-        wait_until(lambda: message_count(ch, "dly2.q") == 1, timeout=5)
+        wait_for(lambda: message_count(ch, "dly2.q") == 1, timeout=5)
         conn.close()
     finally:
         first.embedded.stop()
@@ -217,7 +213,7 @@ def test_released_persistent_message_is_durable_in_its_queue(scratch_dir: Path):
         conn = pika.BlockingConnection(pika_params(second))
         ch = conn.channel()
         assert message_count(ch, "dly2.q") == 1
-        _, props, body = get(ch, "dly2.q")
+        _, props, body = get_message(ch, "dly2.q", auto_ack=True)
         assert body == b"p" and props.headers["x-delay"] == -200
         conn.close()
     finally:
@@ -247,7 +243,7 @@ def test_deleted_durable_exchange_leaves_nothing_behind(scratch_dir: Path):
     try:
         conn = pika.BlockingConnection(pika_params(second))
         ch = conn.channel()
-        assert get(ch, "dly3.q", timeout=5)[2] == b"new"
+        assert get_message(ch, "dly3.q", timeout=5, auto_ack=True)[2] == b"new"
         time.sleep(0.3)
         assert message_count(ch, "dly3.q") == 0
         conn.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 import pytest
-from policy_support import drain, get, message_count, text, wait_count
+from policy_support import text
+
+from support.blocking import drain, get_message, message_count, wait_count
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,7 +35,7 @@ def test_drop_head_keeps_the_newest_and_dead_letters_maxlen(ch, uniq):
     assert drain(ch, q) == [b"m2", b"m3", b"m4"]
     dropped = []
     for _ in range(2):
-        _, props, body = get(ch, dlq)
+        _, props, body = get_message(ch, dlq, auto_ack=True)
         dropped.append(body)
         death = props.headers["x-death"][0]
         assert text(death["reason"]) == "maxlen"
@@ -112,7 +114,7 @@ def test_reject_publish_dlx_nacks_and_dead_letters(ch, uniq):
     ch.basic_publish("", q, b"kept")
     with pytest.raises(pika.exceptions.NackError):
         ch.basic_publish("", q, b"refused")
-    _, props, body = get(ch, dlq)
+    _, props, body = get_message(ch, dlq, auto_ack=True)
     assert body == b"refused"
     assert text(props.headers["x-death"][0]["reason"]) == "maxlen"
     assert drain(ch, q) == [b"kept"]
@@ -127,7 +129,7 @@ def test_reject_publish_ignores_unacked_and_requeue_may_exceed(conn, uniq):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"a")
     ch.basic_publish("", q, b"b")
-    method, _, _ = get(ch, q, auto_ack=False)  # a: unacked, not counted
+    method, _, _ = get_message(ch, q, auto_ack=False)  # a: unacked, not counted
     ch.basic_publish("", q, b"c")
     assert message_count(ch, q) == 2
     ch.basic_nack(method.delivery_tag, requeue=True)
@@ -142,7 +144,7 @@ def test_drop_head_after_requeue_enforces_the_limit(conn, uniq):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"a")
     ch.basic_publish("", q, b"b")
-    method, _, _ = get(ch, q, auto_ack=False)
+    method, _, _ = get_message(ch, q, auto_ack=False)
     ch.basic_publish("", q, b"c")
     ch.basic_nack(method.delivery_tag, requeue=True)
     wait_count(ch, q, 2)

@@ -15,15 +15,10 @@ import aio_pika
 import pika
 import pika.exceptions
 import pytest
-from policy_support import (
-    RawGet,
-    get,
-    headers_dict,
-    message_count,
-    text,
-    typed_headers,
-    wait_until,
-)
+from policy_support import RawGet, headers_dict, text, typed_headers
+
+from support.blocking import get_message, message_count
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,7 +62,7 @@ def test_worker_that_always_fails_a_message(broker, connect, uniq, cleanup, queu
     wch = conn.channel()
     wch.basic_qos(prefetch_count=1)
     wch.basic_consume(q, worker)
-    wait_until(lambda: len(done) == 5 and message_count(ch, dlq) == 1, conn=conn, timeout=15)
+    wait_for(lambda: len(done) == 5 and message_count(ch, dlq) == 1, conn=conn, timeout=15)
 
     poison = [(r, c) for b, r, c in seen if b == b"poison"]
     # three deliveries; the first has no x-delivery-count, then 1, 2
@@ -103,9 +98,9 @@ def test_delivery_limit_without_dlx_drops(broker, ch, uniq, cleanup):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"x")
     for _ in range(2):
-        method, _, _ = get(ch, q, auto_ack=False)
+        method, _, _ = get_message(ch, q, auto_ack=False)
         ch.basic_nack(method.delivery_tag, requeue=True)
-    wait_until(lambda: message_count(ch, q) == 0, timeout=5)
+    wait_for(lambda: message_count(ch, q) == 0, timeout=5)
     assert ch.basic_get(q, auto_ack=True)[0] is None
 
 
@@ -117,7 +112,7 @@ def test_quorum_x_delivery_count_on_basic_get(ch, uniq, cleanup):
     ch.basic_publish("", q, b"m", pika.BasicProperties(headers={"zzz": 1, "aaa": 2}))
     counts = []
     for requeue in (True, True, None):
-        method, props, _ = get(ch, q, auto_ack=False)
+        method, props, _ = get_message(ch, q, auto_ack=False)
         counts.append((props.headers.get("x-delivery-count"), method.redelivered))
         assert props.headers["zzz"] == 1 and props.headers["aaa"] == 2
         if requeue:
@@ -147,10 +142,10 @@ def test_quorum_requeue_goes_to_the_back(ch, uniq, cleanup):
     ch.confirm_delivery()
     for body in (b"a", b"b", b"c"):
         ch.basic_publish("", q, body)
-    method, _, body = get(ch, q, auto_ack=False)
+    method, _, body = get_message(ch, q, auto_ack=False)
     assert body == b"a"
     ch.basic_nack(method.delivery_tag, requeue=True)
-    order = [get(ch, q)[2] for _ in range(3)]
+    order = [get_message(ch, q, auto_ack=True)[2] for _ in range(3)]
     assert order == [b"b", b"c", b"a"]
 
 
@@ -160,9 +155,9 @@ def test_classic_requeue_keeps_its_place(ch, uniq):
     ch.confirm_delivery()
     for body in (b"a", b"b", b"c"):
         ch.basic_publish("", q, body)
-    method, _, _ = get(ch, q, auto_ack=False)
+    method, _, _ = get_message(ch, q, auto_ack=False)
     ch.basic_nack(method.delivery_tag, requeue=True)
-    assert [get(ch, q)[2] for _ in range(3)] == [b"a", b"b", b"c"]
+    assert [get_message(ch, q, auto_ack=True)[2] for _ in range(3)] == [b"a", b"b", b"c"]
 
 
 def test_quorum_default_delivery_limit_is_20(inproc, ch, uniq, cleanup):
@@ -198,7 +193,7 @@ def test_delivery_limit_minus_one_is_unlimited(inproc, ch, uniq, cleanup):
     )
     ch.basic_publish("", q, b"x")
     for _ in range(30):
-        method, _, _ = get(ch, q, auto_ack=False)
+        method, _, _ = get_message(ch, q, auto_ack=False)
         ch.basic_nack(method.delivery_tag, requeue=True)
     assert message_count(ch, q) == 1
 
@@ -213,10 +208,10 @@ def test_channel_close_counts_as_a_failed_delivery(broker, connect, uniq, cleanu
     ch.basic_publish("", q, b"crashy")
     for _ in range(3):
         worker = conn.channel()
-        get(worker, q, auto_ack=False)
+        get_message(worker, q, auto_ack=False)
         worker.close()  # a worker crash: requeued, counted
-    wait_until(lambda: message_count(ch, dlq) == 1, timeout=10)
-    _, props, _ = get(ch, dlq)
+    wait_for(lambda: message_count(ch, dlq) == 1, timeout=10)
+    _, props, _ = get_message(ch, dlq, auto_ack=True)
     assert text(props.headers["x-death"][0]["reason"]) == "delivery_limit"
 
 

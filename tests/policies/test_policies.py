@@ -16,18 +16,17 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from policy_support import (
-    drain,
-    get,
-    message_count,
-    pika_params,
-    start_embedded,
-    text,
-    wait_count,
-    wait_until,
-)
+from policy_support import start_embedded, text
 
 from mqbroker.broker.policies import PolicyError
+from support.blocking import (
+    drain,
+    get_message,
+    message_count,
+    pika_params,
+    wait_count,
+)
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,7 +45,7 @@ def _settle_count(ch: Any, q: str, n: int, expected: int, timeout: float = 10) -
         time.sleep(0.05)
         return message_count(ch, q) == expected
 
-    wait_until(check, timeout=timeout, interval=0.1)
+    wait_for(check, timeout=timeout, interval=0.1)
 
 
 def test_policy_applies_to_existing_and_new_queues(ch, uniq, policy):
@@ -93,8 +92,8 @@ def test_policy_message_ttl_and_dead_letter_exchange(ch, uniq, policy):
         time.sleep(0.3)
         return message_count(ch, dlq) > 0
 
-    wait_until(dead_lettered, timeout=10, interval=0.1)
-    _, props, _ = get(ch, dlq)
+    wait_for(dead_lettered, timeout=10, interval=0.1)
+    _, props, _ = get_message(ch, dlq, auto_ack=True)
     assert text(props.headers["x-death"][0]["reason"]) == "expired"
 
 
@@ -117,7 +116,7 @@ def test_arguments_win_over_policy(ch, uniq, policy):
     _settle_count(ch, q, 1, 1)
     ch.queue_purge(q)
     ch.basic_publish("", q, b"x")
-    method, _, _ = get(ch, q, auto_ack=False)
+    method, _, _ = get_message(ch, q, auto_ack=False)
     ch.basic_nack(method.delivery_tag, requeue=False)
     wait_count(ch, arg_dlq, 1)
     assert message_count(ch, pol_dlq) == 0
@@ -183,7 +182,7 @@ def test_alternate_exchange_by_policy(ch, uniq, policy, cleanup):
         ch.basic_publish(ex, "nowhere", b"x")
         return message_count(ch, catch) > 0
 
-    wait_until(caught, timeout=10, interval=0.1)
+    wait_for(caught, timeout=10, interval=0.1)
     # an alternate-exchange argument wins over the policy
     ex2 = cleanup.exchange(uniq("ae-src2"))
     ch.exchange_declare(ex2, "direct", arguments={"alternate-exchange": "amq.topic"})
@@ -212,10 +211,10 @@ def test_delivery_limit_by_policy(ch, uniq, policy, cleanup):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"x")
     for _ in range(2):
-        method, _, _ = get(ch, q, auto_ack=False)
+        method, _, _ = get_message(ch, q, auto_ack=False)
         ch.basic_nack(method.delivery_tag, requeue=True)
     wait_count(ch, dlq, 1)
-    _, props, _ = get(ch, dlq)
+    _, props, _ = get_message(ch, dlq, auto_ack=True)
     assert text(props.headers["x-death"][0]["reason"]) == "delivery_limit"
 
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import pika
 import pytest
-from policy_support import get, message_count, text, wait_until
+from policy_support import text
+
+from support.blocking import get_message, message_count
+from support.waits import wait_for
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -36,9 +39,9 @@ def test_rejected_persistent_message_is_in_the_dlq_after_kill9(mqbroker_process)
     ch.queue_declare("marker", durable=True)
     ch.confirm_delivery()
     ch.basic_publish("", "work", b"bad", pika.BasicProperties(delivery_mode=2, headers={"n": 1}))
-    method, _, _ = get(ch, "work", auto_ack=False)
+    method, _, _ = get_message(ch, "work", auto_ack=False)
     ch.basic_reject(method.delivery_tag, requeue=False)
-    wait_until(lambda: message_count(ch, "work.dlq") == 1)
+    wait_for(lambda: message_count(ch, "work.dlq") == 1)
     # a confirmed publish after the reject: its commit covers the reject's
     ch.basic_publish("", "marker", b"", pika.BasicProperties(delivery_mode=2))
     proc.kill()
@@ -47,7 +50,7 @@ def test_rejected_persistent_message_is_in_the_dlq_after_kill9(mqbroker_process)
     ch = conn.channel()
     assert message_count(ch, "work") == 0
     assert message_count(ch, "work.dlq") == 1
-    _, props, body = get(ch, "work.dlq")
+    _, props, body = get_message(ch, "work.dlq", auto_ack=True)
     assert body == b"bad"
     assert props.headers["n"] == 1
     death = props.headers["x-death"][0]
@@ -71,9 +74,9 @@ def test_messages_expiring_while_down_are_dead_lettered_at_start(mqbroker_proces
     proc.start()
     conn = pika.BlockingConnection(_params(proc))
     ch = conn.channel()
-    wait_until(lambda: message_count(ch, "ttl.dlq") == 20, timeout=10)
+    wait_for(lambda: message_count(ch, "ttl.dlq") == 20, timeout=10)
     assert message_count(ch, "ttl") == 0
-    bodies = sorted(int(get(ch, "ttl.dlq")[2]) for _ in range(20))
+    bodies = sorted(int(get_message(ch, "ttl.dlq", auto_ack=True)[2]) for _ in range(20))
     assert bodies == list(range(20))
     conn.close()
 
@@ -98,9 +101,9 @@ def test_kill9_during_dead_lettering_loses_and_duplicates_nothing(mqbroker_proce
     proc.start()
     conn = pika.BlockingConnection(_params(proc))
     ch = conn.channel()
-    wait_until(lambda: message_count(ch, "src.dlq") + message_count(ch, "src") == total,
+    wait_for(lambda: message_count(ch, "src.dlq") + message_count(ch, "src") == total,
                timeout=20)
-    wait_until(lambda: message_count(ch, "src") == 0, timeout=20)
+    wait_for(lambda: message_count(ch, "src") == 0, timeout=20)
     seen = []
     while True:
         method, _, body = ch.basic_get("src.dlq", auto_ack=True)
@@ -122,15 +125,15 @@ def test_queue_over_its_limit_at_start_drops_its_head(mqbroker_process):
     ch.queue_declare("lim", durable=True, arguments=_dl_args("lim.dlq", **{"x-max-length": 1}))
     ch.confirm_delivery()
     ch.basic_publish("", "lim", b"first", pika.BasicProperties(delivery_mode=2))
-    get(ch, "lim", auto_ack=False)  # unacked when the broker dies
+    get_message(ch, "lim", auto_ack=False)  # unacked when the broker dies
     ch.basic_publish("", "lim", b"second", pika.BasicProperties(delivery_mode=2))
     proc.kill()
     proc.start()
     conn = pika.BlockingConnection(_params(proc))
     ch = conn.channel()
     assert message_count(ch, "lim") == 1
-    assert get(ch, "lim")[2] == b"second"
-    _, props, body = get(ch, "lim.dlq")
+    assert get_message(ch, "lim", auto_ack=True)[2] == b"second"
+    _, props, body = get_message(ch, "lim.dlq", auto_ack=True)
     assert body == b"first"
     assert text(props.headers["x-death"][0]["reason"]) == "maxlen"
     conn.close()

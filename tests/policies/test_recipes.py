@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from policy_support import get, message_count, text, wait_until
+from policy_support import text
+
+from support.blocking import get_message, message_count
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -55,13 +58,13 @@ def test_retry_with_ttl_delay_queues(connect, uniq, cleanup):
     ch.confirm_delivery()
     for body in (b"bad", b"flaky", b"good"):
         ch.basic_publish("", q, body)
-    wait_until(lambda: message_count(ch, q + ".parked") == 1, conn=conn, timeout=20)
+    wait_for(lambda: message_count(ch, q + ".parked") == 1, conn=conn, timeout=20)
     assert sorted(done) == [b"flaky", b"good"]
     assert len(tries[b"bad"]) == 4  # the first try and three retries
     gaps = [b - a for a, b in zip(tries[b"bad"], tries[b"bad"][1:])]
     for gap, delay in zip(gaps, delays):
         assert gap >= delay / 1000 - 0.02, (gaps, delays)
-    _, props, body = get(ch, q + ".parked")
+    _, props, body = get_message(ch, q + ".parked", auto_ack=True)
     assert body == b"bad"
     assert props.headers["x-retry-attempt"] == 4
     waited = {text(d["queue"]): (text(d["reason"]), d["count"]) for d in props.headers["x-death"]}
@@ -85,12 +88,12 @@ def test_retry_with_the_delayed_exchange(inproc, connect, uniq, cleanup):
     worker = conn.channel()
     worker.basic_consume(q, on_message)
     ch.basic_publish("", q, b"always-fails")
-    wait_until(lambda: message_count(ch, q + ".parked") == 1, conn=conn, timeout=20)
+    wait_for(lambda: message_count(ch, q + ".parked") == 1, conn=conn, timeout=20)
     assert [d for _, d in arrivals] == [None, -100, -200, -400]
     gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:])]
     for gap, expected in zip(gaps, (0.1, 0.2, 0.4)):
         assert gap >= expected - 0.02, gaps
-    _, props, _ = get(ch, q + ".parked")
+    _, props, _ = get_message(ch, q + ".parked", auto_ack=True)
     assert props.headers["x-retry-attempt"] == 4
 
 
@@ -114,7 +117,7 @@ def test_poison_messages_with_a_delivery_limit(connect, uniq, cleanup, capsys):
     ch.confirm_delivery()
     for body in (b"poison", b"ok1", b"ok2"):
         ch.basic_publish("", q, body)
-    wait_until(
+    wait_for(
         lambda: message_count(ch, q + ".dlq") == 1 and len(done) == 2,
         conn=conn, timeout=20,
     )
@@ -124,7 +127,7 @@ def test_poison_messages_with_a_delivery_limit(connect, uniq, cleanup, capsys):
     assert "failed (2 earlier failures)" in printed
 
     # inspect without consuming: get, read, requeue
-    method, props, body = get(ch, q + ".dlq", auto_ack=False)
+    method, props, body = get_message(ch, q + ".dlq", auto_ack=False)
     assert body == b"poison"
     why = r["why_dead"](props)
     assert {k: text(v) for k, v in why.items()} == {
@@ -134,6 +137,6 @@ def test_poison_messages_with_a_delivery_limit(connect, uniq, cleanup, capsys):
 
     fixed["yes"] = True
     assert r["replay_dead_letters"](ch, q + ".dlq") == 1
-    wait_until(lambda: len(done) == 3, conn=conn, timeout=10)
+    wait_for(lambda: len(done) == 3, conn=conn, timeout=10)
     assert done[-1] == b"poison"
     assert message_count(ch, q + ".dlq") == 0

@@ -13,15 +13,14 @@ import pika.exceptions
 import pytest
 from policy_support import (
     RawGet,
-    get,
     has_expiration,
     headers_dict,
-    message_count,
     text,
     typed_headers,
-    wait_count,
-    wait_until,
 )
+
+from support.blocking import get_message, message_count, wait_count
+from support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,7 +42,7 @@ def test_per_message_ttl_expires_message(ch, uniq):
     ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="150"))
     ch.basic_publish("", q, b"long", pika.BasicProperties(expiration="60000"))
     wait_count(ch, q, 1, timeout=5)
-    assert get(ch, q)[2] == b"long"
+    assert get_message(ch, q, auto_ack=True)[2] == b"long"
 
 
 def test_expiry_only_at_the_head(ch, uniq):
@@ -56,7 +55,7 @@ def test_expiry_only_at_the_head(ch, uniq):
     ch.basic_publish("", q, b"dead", pika.BasicProperties(expiration="100"))
     time.sleep(0.4)
     assert message_count(ch, q) == 2
-    assert get(ch, q)[2] == b"live"
+    assert get_message(ch, q, auto_ack=True)[2] == b"live"
     # now the expired one is at the head: a get finds nothing
     assert ch.basic_get(q, auto_ack=True)[0] is None
     assert message_count(ch, q) == 0
@@ -99,7 +98,7 @@ def test_ttl_zero_is_delivered_to_a_waiting_consumer(conn, uniq):
     ch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
     for i in range(5):
         ch.basic_publish("", q, b"z%d" % i)
-    wait_until(lambda: len(got) == 5, conn=conn)
+    wait_for(lambda: len(got) == 5, conn=conn)
     assert got == [b"z%d" % i for i in range(5)]
 
 
@@ -118,7 +117,7 @@ def test_ttl_zero_without_consumer_expires_at_once(ch, uniq):
     ch.basic_publish("", q, b"gone")
     wait_count(ch, dlq, 1, timeout=5)
     assert message_count(ch, q) == 0
-    _, props, body = get(ch, dlq)
+    _, props, body = get_message(ch, dlq, auto_ack=True)
     assert body == b"gone"
     assert text(props.headers["x-death"][0]["reason"]) == "expired"
 
@@ -130,7 +129,7 @@ def test_message_expiration_zero_with_consumer(conn, uniq):
     got = []
     ch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
     ch.basic_publish("", q, b"now", pika.BasicProperties(expiration="0"))
-    wait_until(lambda: got, conn=conn)
+    wait_for(lambda: got, conn=conn)
     assert got == [b"now"]
 
 
@@ -177,7 +176,7 @@ def test_per_queue_ttl_dead_letter_has_no_original_expiration(ch, uniq):
         },
     )
     ch.basic_publish("", q, b"late")
-    _, props, _ = get(ch, dlq)
+    _, props, _ = get_message(ch, dlq, auto_ack=True)
     death = props.headers["x-death"][0]
     assert text(death["reason"]) == "expired"
     assert "original-expiration" not in death
@@ -191,7 +190,7 @@ def test_expired_message_requeued_after_expiry_is_dropped(conn, uniq):
     q = uniq("unacked-exp")
     ch.queue_declare(q, exclusive=True, arguments={"x-message-ttl": 200})
     ch.basic_publish("", q, b"x")
-    method, _, _ = get(ch, q, auto_ack=False)
+    method, _, _ = get_message(ch, q, auto_ack=False)
     time.sleep(0.4)
     ch.basic_nack(method.delivery_tag, requeue=True)
     wait_count(ch, q, 0, timeout=5)
@@ -214,7 +213,7 @@ def test_x_expires_deletes_an_unused_queue(ch, uniq):
             assert exc.reply_code == 404
             return True
 
-    wait_until(gone, timeout=5, interval=0.5)
+    wait_for(gone, timeout=5, interval=0.5)
 
 
 def test_x_expires_waits_while_a_consumer_is_attached(connect, uniq):
@@ -238,7 +237,7 @@ def test_x_expires_waits_while_a_consumer_is_attached(connect, uniq):
         except pika.exceptions.ChannelClosedByBroker:
             return True
 
-    wait_until(gone, timeout=5, interval=0.4)
+    wait_for(gone, timeout=5, interval=0.4)
     # counted from the cancel, not from the declare
     assert time.monotonic() - started >= 0.15
 

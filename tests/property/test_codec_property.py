@@ -43,16 +43,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from protocol_helpers import (
     ClientPair,
     attrs,
+    content_frames,
+    handshake_bytes,
+    run_stream,
+)
+
+from support.frames import (
     channel_open,
     content_body,
-    content_frames,
     content_header,
-    handshake_bytes,
     heartbeat,
-    method,
+    method_frame,
     publish_frames,
     raw_frame,
-    run_stream,
 )
 
 # pamqp warns when it instantiates a deprecated method (basic.recover-async)
@@ -344,7 +347,7 @@ def test_fast_publish_equals_pamqp_built(
         mandatory=mandatory,
         immediate=immediate,
     )
-    got = codec.decode_method(method(1, m)[7:-1])
+    got = codec.decode_method(method_frame(1, m)[7:-1])
     assert attrs(got) == attrs(m)
 
 
@@ -730,7 +733,7 @@ def _client_stream(
             )
         elif op[0] == "ack":
             out.append(
-                method(
+                method_frame(
                     op[1],
                     commands.Basic.Ack(delivery_tag=op[2], multiple=op[3]),
                 )
@@ -738,10 +741,10 @@ def _client_stream(
         elif op[0] == "heartbeat":
             out.append(heartbeat(0))
         else:
-            out.append(method(op[1], commands.Basic.Qos(prefetch_count=op[2])))
+            out.append(method_frame(op[1], commands.Basic.Qos(prefetch_count=op[2])))
     if close:
-        out.append(method(2, commands.Channel.Close(200, "", 0, 0)))
-        out.append(method(0, commands.Connection.Close(200, "bye", 0, 0)))
+        out.append(method_frame(2, commands.Channel.Close(200, "", 0, 0)))
+        out.append(method_frame(0, commands.Connection.Close(200, "bye", 0, 0)))
     return b"".join(out), bodies
 
 

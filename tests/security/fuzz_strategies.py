@@ -22,38 +22,24 @@ from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
 
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-CAPS = {
-    "authentication_failure_close": True,
-    "connection.blocked": True,
-    "consumer_cancel_notify": True,
-    "publisher_confirms": True,
-}
-
-
-def raw_frame(ftype: int, channel: int, payload: bytes, end: int = 0xCE) -> bytes:
-    return struct.pack(">BHI", ftype, channel & 0xFFFF, len(payload)) + payload + bytes((end,))
-
-
-def m(channel: int, method: Any) -> bytes:
-    return pframe.marshal(method, channel)
-
+from support.frames import PROTOCOL_HEADER, method_frame, raw_frame
+from support.raw import CAPS
 
 HANDSHAKE = (
     PROTOCOL_HEADER
-    + m(0, commands.Connection.StartOk(
+    + method_frame(0, commands.Connection.StartOk(
         client_properties={"product": "fuzz", "capabilities": CAPS},
         mechanism="PLAIN", response="\0guest\0guest", locale="en_US"))
-    + m(0, commands.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=0))
-    + m(0, commands.Connection.Open(virtual_host="/"))
-    + m(1, commands.Channel.Open())
+    + method_frame(0, commands.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=0))
+    + method_frame(0, commands.Connection.Open(virtual_host="/"))
+    + method_frame(1, commands.Channel.Open())
 )
 
 
 def publish(channel: int, exchange: str, key: str, body: bytes,
             props: commands.Basic.Properties | None = None, mandatory: bool = False) -> bytes:
     return (
-        m(channel, commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=mandatory))
+        method_frame(channel, commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=mandatory))
         + pframe.marshal(pheader.ContentHeader(0, len(body), props), channel)
         + (pframe.marshal(pbody.ContentBody(body), channel) if body else b"")
     )
@@ -62,24 +48,24 @@ def publish(channel: int, exchange: str, key: str, body: bytes,
 # A valid session that does a bit of everything: the seed for mutations.
 VALID_SESSION = (
     HANDSHAKE
-    + m(1, commands.Confirm.Select())
-    + m(1, commands.Exchange.Declare(exchange="fx", exchange_type="topic"))
-    + m(1, commands.Queue.Declare(queue="fq", arguments={"x-max-length": 10}))
-    + m(1, commands.Queue.Bind(queue="fq", exchange="fx", routing_key="a.#"))
+    + method_frame(1, commands.Confirm.Select())
+    + method_frame(1, commands.Exchange.Declare(exchange="fx", exchange_type="topic"))
+    + method_frame(1, commands.Queue.Declare(queue="fq", arguments={"x-max-length": 10}))
+    + method_frame(1, commands.Queue.Bind(queue="fq", exchange="fx", routing_key="a.#"))
     + publish(1, "fx", "a.b", b"hello", commands.Basic.Properties(
         headers={"h": 1, "t": {"n": [1, "x"]}}, delivery_mode=2, expiration="60000"))
     + publish(1, "", "fq", b"x" * 300)
-    + m(1, commands.Basic.Qos(prefetch_count=5))
-    + m(1, commands.Basic.Consume(queue="fq", consumer_tag="c1"))
-    + m(1, commands.Basic.Get(queue="fq"))
-    + m(2, commands.Channel.Open())
-    + m(2, commands.Tx.Select())
+    + method_frame(1, commands.Basic.Qos(prefetch_count=5))
+    + method_frame(1, commands.Basic.Consume(queue="fq", consumer_tag="c1"))
+    + method_frame(1, commands.Basic.Get(queue="fq"))
+    + method_frame(2, commands.Channel.Open())
+    + method_frame(2, commands.Tx.Select())
     + publish(2, "", "fq", b"tx")
-    + m(2, commands.Tx.Commit())
-    + m(1, commands.Basic.Cancel(consumer_tag="c1"))
-    + m(1, commands.Queue.Purge(queue="fq"))
-    + m(1, commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
-    + m(0, commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+    + method_frame(2, commands.Tx.Commit())
+    + method_frame(1, commands.Basic.Cancel(consumer_tag="c1"))
+    + method_frame(1, commands.Queue.Purge(queue="fq"))
+    + method_frame(1, commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+    + method_frame(0, commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
 )
 
 # ------------------------------------------------------------- values
@@ -222,7 +208,7 @@ ENCODE_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
 @st.composite
 def method_frames(draw: st.DrawFn) -> bytes:
     try:
-        return m(draw(channels), _method(draw))
+        return method_frame(draw(channels), _method(draw))
     except ENCODE_ERRORS:  # pamqp refuses to encode some drawn values
         return b""
 
@@ -292,7 +278,7 @@ def malformed_frames(draw: st.DrawFn) -> bytes:
         return raw_frame(1, channel, payload)
     if kind == 8:  # truncated method payload
         try:
-            full = m(channel, _method(draw))
+            full = method_frame(channel, _method(draw))
         except ENCODE_ERRORS:
             return b""
         payload = full[7:-1]

@@ -17,9 +17,10 @@ import pika.exceptions
 import psutil
 import pytest
 from pamqp import commands
-from sec_support import RawClient, close_code, wait_until
 
 from mqbroker.broker.access import Permission, is_loopback, resource_name
+from support.raw import RawClient, close_code
+from support.waits import wait_until
 
 # ------------------------------------------------------------ helpers
 

@@ -15,9 +15,10 @@ from pamqp import body as pbody
 from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
-from sec_support import RawClient, wait_until
 
 from mqbroker.persistence.errors import StoreFullError
+from support.raw import RawClient
+from support.waits import wait_until
 
 
 def publish_frames(channel: int, queue: str, body: bytes, persistent: bool = False) -> bytes:

@@ -36,9 +36,10 @@ from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
 
 from mqbroker.testing import BrokerProcess
+from support.frames import PROTOCOL_HEADER
+from support.raw import RawClient
 
 MiB = 1024 * 1024
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 
 def report(name: str, figures: dict[str, Any]) -> None:
@@ -284,46 +285,24 @@ async def test_connection_storm_2000(mqbroker_process: Any) -> None:
 # ----------------------------------------------------------- stalled consumer
 
 
-def _raw_stalled_consumer(port: int, queue: str) -> socket.socket:
+def _raw_stalled_consumer(port: int, queue: str) -> RawClient:
     """Consume with no prefetch limit, then never read the socket again."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    buf = b""
-
-    def read_method() -> Any:
-        nonlocal buf
-        while True:
-            if len(buf) >= 7:
-                (size,) = struct.unpack_from(">I", buf, 3)
-                if len(buf) >= size + 8:
-                    consumed, _, value = pframe.unmarshal(buf[: size + 8])
-                    buf = buf[consumed:]
-                    return value
-            data = sock.recv(65536)
-            assert data, "broker closed"
-            buf += data
-
-    sock.sendall(PROTOCOL_HEADER)
-    assert isinstance(read_method(), commands.Connection.Start)
-    sock.sendall(START_OK)
-    tune = read_method()
-    sock.sendall(pframe.marshal(commands.Connection.TuneOk(
-        channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0), 0) + OPEN)
-    assert isinstance(read_method(), commands.Connection.OpenOk)
-    sock.sendall(pframe.marshal(commands.Channel.Open(), 1))
-    assert isinstance(read_method(), commands.Channel.OpenOk)
-    sock.sendall(pframe.marshal(commands.Basic.Consume(queue=queue, consumer_tag="stalled"), 1))
-    assert isinstance(read_method(), commands.Basic.ConsumeOk)
-    return sock  # never read again
+    client = RawClient("127.0.0.1", port, timeout=10)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.handshake(heartbeat=0)
+    client.open_channel(1)
+    client.send_method(commands.Basic.Consume(queue=queue, consumer_tag="stalled"), 1)
+    client.expect(commands.Basic.ConsumeOk)
+    return client  # never read again
 
 
-class RawPublisher:
-    """Confirm-mode publisher over a raw socket, with a window of
-    unconfirmed messages (pika's BlockingChannel waits for each ack)."""
+class RawPublisher(RawClient):
+    """Confirm-mode publisher over the shared raw client, with a window of
+    unconfirmed messages (pika's BlockingChannel waits for each ack); it
+    notes connection.blocked as it reads."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
-        self.buf = b""
+        super().__init__("127.0.0.1", port, timeout=120)
         self.blocked: list[str] = []
         self.blocked_at: float | None = None
         self.confirmed = 0
@@ -331,37 +310,19 @@ class RawPublisher:
 
     def read_method(self) -> Any:
         while True:
-            if len(self.buf) >= 7:
-                (size,) = struct.unpack_from(">I", self.buf, 3)
-                if len(self.buf) >= size + 8:
-                    consumed, _, value = pframe.unmarshal(self.buf[: size + 8])
-                    self.buf = self.buf[consumed:]
-                    if isinstance(value, pheartbeat.Heartbeat):
-                        continue
-                    if isinstance(value, commands.Connection.Blocked):
-                        self.blocked.append(value.reason)
-                        self.blocked_at = time.monotonic()
-                        continue
-                    if isinstance(value, commands.Connection.Unblocked):
-                        continue
-                    return value
-            data = self.sock.recv(1 << 20)
-            assert data, "broker closed the publisher"
-            self.buf += data
+            _, value = self.read_frame()
+            if isinstance(value, commands.Connection.Blocked):
+                self.blocked.append(value.reason)
+                self.blocked_at = time.monotonic()
+                continue
+            if isinstance(value, commands.Connection.Unblocked):
+                continue
+            return value
 
     def open(self) -> None:
-        self.sock.sendall(PROTOCOL_HEADER)
-        assert isinstance(self.read_method(), commands.Connection.Start)
-        self.sock.sendall(pframe.marshal(commands.Connection.StartOk(
-            client_properties={"capabilities": {"connection.blocked": True}},
-            mechanism="PLAIN", response="\0guest\0guest", locale="en_US"), 0))
-        tune = self.read_method()
-        self.sock.sendall(pframe.marshal(commands.Connection.TuneOk(
-            channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0), 0) + OPEN)
-        assert isinstance(self.read_method(), commands.Connection.OpenOk)
-        self.sock.sendall(pframe.marshal(commands.Channel.Open(), 1))
-        assert isinstance(self.read_method(), commands.Channel.OpenOk)
-        self.sock.sendall(pframe.marshal(commands.Confirm.Select(), 1))
+        self.handshake(heartbeat=0, capabilities={"connection.blocked": True})
+        self.open_channel(1)
+        self.send_method(commands.Confirm.Select(), 1)
         assert isinstance(self.read_method(), commands.Confirm.SelectOk)
 
     def wait_confirms(self, upto: int, until_blocked: bool = False) -> None:
@@ -400,7 +361,7 @@ def _flood(port: int, queue: str, count: int, size: int) -> dict[str, Any]:
         pub.wait_confirms(max(0, sent - window))
     pub.wait_confirms(count)
     elapsed = time.monotonic() - started
-    pub.sock.close()
+    pub.close()
     return {"published": count, "confirmed": pub.confirmed, "nacked": pub.nacked,
             "publish_s": round(elapsed, 2), "publish_rate_per_s": round(count / elapsed),
             "publisher_blocked": pub.blocked}
@@ -541,7 +502,7 @@ def _flood_until_blocked(port: int, queue: str, limit: int, size: int) -> dict[s
     except (TimeoutError, OSError):
         assert pub.blocked, "publisher stalled without connection.blocked"
     finally:
-        pub.sock.close()
+        pub.close()
     return {"sent_at_most": sent, "confirmed": pub.confirmed, "publisher_blocked": pub.blocked,
             "seconds_to_block": round(pub.blocked_at - started, 2) if pub.blocked_at else None}
 

@@ -9,6 +9,7 @@ gone the broker must hold no session or socket of theirs.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import statistics
 import threading
@@ -28,7 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands
 from pamqp import frame as pframe
-from sec_support import RawClient, close_code, raw_frame, wait_until
+
+from support.frames import raw_frame
+from support.raw import RawClient, close_code
+from support.waits import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:This command is deprecated:DeprecationWarning")
 
@@ -210,31 +214,15 @@ def test_many_bad_clients_at_once(live: tuple[Any, Healthy]) -> None:
 
 def _send_and_half_close(b: Any, chunks: list[bytes]) -> None:
     """Send a stream, half-close; the broker must close within ANSWER_S."""
-    sock = socket.create_connection((b.host, b.port), timeout=ANSWER_S)
-    try:
+    with RawClient(b.host, b.port, ANSWER_S) as client:
         for chunk in chunks:
             try:
-                sock.sendall(chunk)
+                client.send(chunk)
             except OSError:
                 break  # the broker closed already
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        deadline = time.monotonic() + ANSWER_S
-        while True:
-            assert time.monotonic() < deadline, "broker did not close the socket"
-            sock.settimeout(max(deadline - time.monotonic(), 0.01))
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-    finally:
-        sock.close()
+        with contextlib.suppress(OSError):
+            client.sock.shutdown(socket.SHUT_WR)
+        assert client.wait_eof(ANSWER_S), "broker did not close the socket"
 
 
 @settings(max_examples=40, deadline=None,

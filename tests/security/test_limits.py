@@ -12,9 +12,11 @@ import pika
 import pika.exceptions
 import pytest
 from pamqp import commands
-from sec_support import Closed, RawClient, close_code, raw_frame, wait_until
 
 from mqbroker.protocol import codec
+from support.frames import raw_frame
+from support.raw import Closed, RawClient, close_code
+from support.waits import wait_until
 
 
 def _open_raw(b: Any, user: str = "guest", password: str = "guest", vhost: str = "/") -> RawClient:

@@ -19,7 +19,9 @@ import pika.exceptions
 import pytest
 import trustme
 from pamqp import commands
-from sec_support import Closed, RawClient, close_code, wait_until
+
+from support.raw import Closed, RawClient, close_code
+from support.waits import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ and that every per-connection task and session is gone.
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -17,10 +16,11 @@ import pika
 import pytest
 import trio
 from pamqp import commands
-from pamqp import frame as pamqp_frame
 
 from mqbroker.config import Config
 from mqbroker.server.embedded import EmbeddedBroker
+from support.frames import PROTOCOL_HEADER, method_frame
+from support.raw import RawClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,70 +89,20 @@ def running(tmp_path: Path) -> Iterator[Running]:
         yield Running(embedded)
 
 
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    return sock
+def _connect(port: int) -> RawClient:
+    return RawClient("127.0.0.1", port, timeout=5)
 
 
-def _read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return b"".join(chunks)
-
-
-def _frames(data: bytes) -> list[object]:
-    out = []
-    while data:
-        try:
-            consumed, _, value = pamqp_frame.unmarshal(data)
-        except Exception:
-            break
-        out.append(value)
-        data = data[consumed:]
-    return out
-
-
-def _handshake(sock: socket.socket, heartbeat: int = 0) -> None:
-    sock.sendall(b"AMQP\x00\x00\x09\x01")
-    time.sleep(0.05)
-    sock.recv(65536)  # connection.start
-    sock.sendall(
-        pamqp_frame.marshal(
-            commands.Connection.StartOk(
-                mechanism="PLAIN", response="\0guest\0guest"
-            ),
-            0,
-        )
-    )
-    time.sleep(0.05)
-    sock.recv(65536)  # connection.tune
-    sock.sendall(
-        pamqp_frame.marshal(
-            commands.Connection.TuneOk(
-                channel_max=10, frame_max=131072, heartbeat=heartbeat
-            ),
-            0,
-        )
-        + pamqp_frame.marshal(commands.Connection.Open(virtual_host="/"), 0)
-    )
-    time.sleep(0.05)
-    sock.recv(65536)  # open-ok
+def _handshake(client: RawClient, heartbeat: int = 0) -> None:
+    client.handshake(heartbeat=heartbeat, channel_max=10, frame_max=131072)
 
 
 def test_garbage_gets_protocol_header_and_close(running: Running) -> None:
     baseline = running.tasks()
-    sock = _connect(running.port)
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert _read_all(sock) == b"AMQP\x00\x00\x09\x01"
-    sock.close()
+    client = _connect(running.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert client.read_until_eof(5) == PROTOCOL_HEADER
+    client.close()
     running.wait_idle(baseline)
     running.assert_serves()
 
@@ -160,65 +110,58 @@ def test_garbage_gets_protocol_header_and_close(running: Running) -> None:
 def test_disconnect_mid_frame_releases_everything(running: Running) -> None:
     baseline = running.tasks()
     for _ in range(20):
-        sock = _connect(running.port)
-        _handshake(sock)
-        frame = pamqp_frame.marshal(commands.Channel.Open(), 1)
-        sock.sendall(frame[: len(frame) // 2])
-        sock.close()
+        client = _connect(running.port)
+        _handshake(client)
+        frame = method_frame(1, commands.Channel.Open())
+        client.send(frame[: len(frame) // 2])
+        client.close()
     running.wait_idle(baseline)
     running.assert_serves()
 
 
 def test_oversized_frame_is_501_and_broker_survives(running: Running) -> None:
     baseline = running.tasks()
-    sock = _connect(running.port)
-    _handshake(sock)
-    sock.sendall(struct.pack(">BHI", 1, 0, 10_000_000) + b"\x00" * 64)
-    frames = _frames(_read_all(sock))
-    closes = [f for f in frames if isinstance(f, commands.Connection.Close)]
-    assert closes and closes[0].reply_code == 501
-    sock.close()
+    client = _connect(running.port)
+    _handshake(client)
+    client.send(struct.pack(">BHI", 1, 0, 10_000_000) + b"\x00" * 64)
+    close = client.read_until_close(5)
+    assert close is not None and close.reply_code == 501
+    client.close()
     running.wait_idle(baseline)
     running.assert_serves()
 
 
 def test_method_on_unopened_channel_is_504(running: Running) -> None:
-    sock = _connect(running.port)
-    _handshake(sock)
-    sock.sendall(pamqp_frame.marshal(commands.Basic.Qos(prefetch_count=1), 7))
-    frames = _frames(_read_all(sock))
-    closes = [f for f in frames if isinstance(f, commands.Connection.Close)]
-    assert closes and closes[0].reply_code == 504
+    client = _connect(running.port)
+    _handshake(client)
+    client.send(method_frame(7, commands.Basic.Qos(prefetch_count=1)))
+    close = client.read_until_close(5)
+    assert close is not None and close.reply_code == 504
     running.assert_serves()
 
 
 def test_silent_peer_is_dropped_after_two_heartbeats(running: Running) -> None:
     baseline = running.tasks()
-    sock = _connect(running.port)
-    _handshake(sock, heartbeat=1)
+    client = _connect(running.port)
+    _handshake(client, heartbeat=1)
     started = time.monotonic()
-    sock.settimeout(10)
-    data = b""
-    while True:  # heartbeats arrive, then the broker hangs up
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    # heartbeats arrive, then the broker hangs up
+    data = client.read_until_eof(10)
     elapsed = time.monotonic() - started
     assert b"\x08\x00\x00\x00\x00\x00\x00\xce" in data  # we got heartbeats
     assert 1.5 <= elapsed <= 6, elapsed
-    sock.close()
+    client.close()
     running.wait_idle(baseline)
 
 
 def test_half_open_handshake_times_out(running: Running) -> None:
     baseline = running.tasks()
-    sock = _connect(running.port)
-    sock.sendall(b"AMQP\x00\x00\x09\x01")  # then nothing
+    client = _connect(running.port)
+    client.send(PROTOCOL_HEADER)  # then nothing
     started = time.monotonic()
-    _read_all(sock, timeout=10)
+    client.read_until_eof(10)
     assert time.monotonic() - started < 5
-    sock.close()
+    client.close()
     running.wait_idle(baseline)
 
 
@@ -231,8 +174,8 @@ def test_many_bad_clients_leave_no_tasks(running: Running) -> None:
         struct.pack(">I", 10) + b"\x03key",
     ]
     for i in range(40):
-        sock = _connect(running.port)
-        sock.sendall(payloads[i % len(payloads)])
-        sock.close()
+        client = _connect(running.port)
+        client.send(payloads[i % len(payloads)])
+        client.close()
     running.wait_idle(baseline)
     running.assert_serves()

@@ -1,7 +1,7 @@
 """A client for driving ``ServerConnection`` in tests, with no sockets.
 
 Like h11's ``ConnectionPair`` (house rule 8): the client side is plain pamqp
-(frames built with ``pamqp.frame.marshal``), the server side is the sans-I/O
+(frames from tests/support/frames.py), the server side is the sans-I/O
 ``ServerConnection``, and the link is two method calls. What the server
 writes is decoded with ``pamqp.frame.unmarshal`` so tests assert on methods,
 not bytes.
@@ -9,15 +9,12 @@ not bytes.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from typing import Any
 
 from pamqp import body as pamqp_body
 from pamqp import commands
-from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
-from pamqp import heartbeat as pamqp_heartbeat
 
 from mqbroker.protocol import codec
 from mqbroker.protocol.connection import ServerConnection, State
@@ -27,9 +24,15 @@ from mqbroker.protocol.events import (
     OpenRequested,
     StartOk,
 )
-
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-PLAIN_RESPONSE = b"\x00guest\x00guest"
+from support.frames import (
+    PROTOCOL_HEADER,
+    channel_open,
+    connection_open,
+    decode_frames,
+    split_frames,
+    start_ok,
+    tune_ok,
+)
 
 SERVER_DEFAULTS: dict[str, Any] = {
     "frame_max": 131072,
@@ -44,43 +47,6 @@ SERVER_DEFAULTS: dict[str, Any] = {
 }
 
 
-# ------------------------------------------------------ client frames
-
-
-def method(channel: int, m: Any) -> bytes:
-    return pamqp_frame.marshal(m, channel)
-
-
-def content_header(
-    channel: int,
-    body_size: int,
-    properties: commands.Basic.Properties | None = None,
-) -> bytes:
-    return pamqp_frame.marshal(
-        pamqp_header.ContentHeader(0, body_size, properties), channel
-    )
-
-
-def content_body(channel: int, data: bytes) -> bytes:
-    return pamqp_frame.marshal(pamqp_body.ContentBody(data), channel)
-
-
-def heartbeat(channel: int = 0) -> bytes:
-    if channel == 0:
-        return pamqp_frame.marshal(pamqp_heartbeat.Heartbeat(), 0)
-    return raw_frame(8, channel, b"")
-
-
-def raw_frame(
-    ftype: int, channel: int, payload: bytes, end: int = 0xCE
-) -> bytes:
-    return (
-        struct.pack(">BHI", ftype, channel, len(payload))
-        + payload
-        + bytes((end,))
-    )
-
-
 def content_frames(
     channel: int, properties: bytes, body: bytes, frame_max: int
 ) -> list[bytes]:
@@ -88,94 +54,6 @@ def content_frames(
     out = bytearray()
     codec.write_content(out, channel, properties, body, frame_max)
     return split_frames(bytes(out))
-
-
-def split_frames(data: bytes) -> list[bytes]:
-    """A byte stream of whole frames -> the frames."""
-    frames, pos = [], 0
-    while pos < len(data):
-        (size,) = struct.unpack_from(">I", data, pos + 3)
-        frames.append(data[pos : pos + size + 8])
-        pos += size + 8
-    return frames
-
-
-def publish_frames(
-    channel: int,
-    body: bytes,
-    *,
-    exchange: str = "",
-    routing_key: str = "q",
-    properties: commands.Basic.Properties | None = None,
-    frame_max: int = 131072,
-    mandatory: bool = False,
-) -> bytes:
-    """basic.publish + content header + body split to fit ``frame_max``."""
-    out = [
-        method(
-            channel,
-            commands.Basic.Publish(
-                exchange=exchange, routing_key=routing_key, mandatory=mandatory
-            ),
-        ),
-        content_header(channel, len(body), properties),
-    ]
-    chunk = frame_max - 8
-    for start in range(0, len(body), chunk):
-        out.append(content_body(channel, body[start : start + chunk]))
-    return b"".join(out)
-
-
-def start_ok(
-    mechanism: str = "PLAIN",
-    response: bytes = PLAIN_RESPONSE,
-    client_properties: dict[str, Any] | None = None,
-) -> bytes:
-    return method(
-        0,
-        commands.Connection.StartOk(
-            client_properties=client_properties
-            or {
-                "product": "test",
-                "capabilities": {"consumer_cancel_notify": True},
-            },
-            mechanism=mechanism,
-            response=response.decode("latin-1"),
-            locale="en_US",
-        ),
-    )
-
-
-def tune_ok(
-    channel_max: int = 2047, frame_max: int = 131072, heartbeat: int = 60
-) -> bytes:
-    return method(
-        0,
-        commands.Connection.TuneOk(
-            channel_max=channel_max, frame_max=frame_max, heartbeat=heartbeat
-        ),
-    )
-
-
-def connection_open(vhost: str = "/") -> bytes:
-    return method(0, commands.Connection.Open(virtual_host=vhost))
-
-
-def channel_open(channel: int) -> bytes:
-    return method(channel, commands.Channel.Open())
-
-
-# ---------------------------------------------------- server output
-
-
-def decode_frames(data: bytes) -> list[tuple[int, Any]]:
-    """Server bytes -> [(channel, pamqp frame)], asserting nothing is left."""
-    frames: list[tuple[int, Any]] = []
-    while data:
-        consumed, channel, frame = pamqp_frame.unmarshal(data)
-        frames.append((channel, frame))
-        data = data[consumed:]
-    return frames
 
 
 def attrs(m: Any) -> dict[str, Any]:

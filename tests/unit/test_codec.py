@@ -11,23 +11,22 @@ from pamqp import body as pamqp_body
 from pamqp import commands
 from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
-from protocol_helpers import (
-    attrs,
-    content_body,
-    content_frames,
-    content_header,
-    method,
-    raw_frame,
-)
+from protocol_helpers import attrs, content_frames
 
 from mqbroker import errors
 from mqbroker.protocol import codec
+from support.frames import (
+    content_body,
+    content_header,
+    method_frame,
+    raw_frame,
+)
 
 # ----------------------------------------------------------- FrameReader
 
 
 def test_reader_needs_seven_bytes_then_the_whole_frame() -> None:
-    frame = method(1, commands.Basic.Qos(prefetch_count=5))
+    frame = method_frame(1, commands.Basic.Qos(prefetch_count=5))
     reader = codec.FrameReader(4096)
     for i in range(len(frame) - 1):
         reader.feed(frame[i : i + 1])
@@ -42,7 +41,7 @@ def test_reader_needs_seven_bytes_then_the_whole_frame() -> None:
 
 def test_reader_returns_each_frame_once_in_order() -> None:
     frames = [
-        method(1, commands.Basic.Publish(routing_key="a")),
+        method_frame(1, commands.Basic.Publish(routing_key="a")),
         content_header(1, 3),
         content_body(1, b"abc"),
         raw_frame(8, 0, b""),
@@ -110,7 +109,7 @@ def test_reader_empty_frame() -> None:
 
 
 def _payload(m: object) -> bytes:
-    return method(0, m)[7:-1]
+    return method_frame(0, m)[7:-1]
 
 
 def test_fast_publish_matches_pamqp() -> None:

@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 from pamqp import commands
-from protocol_helpers import (
-    channel_open,
-    decode_frames,
-    handshake_bytes,
-    method,
-    publish_frames,
-)
+from protocol_helpers import handshake_bytes
 
 from mqbroker.broker.broker import Broker
 from mqbroker.broker.session import Session
 from mqbroker.config import Config
 from mqbroker.persistence import LmdbStore
 from mqbroker.protocol.connection import ServerConnection
+from support.frames import (
+    channel_open,
+    decode_frames,
+    method_frame,
+    publish_frames,
+)
 
 PERSISTENT = commands.Basic.Properties(delivery_mode=2)
 
@@ -78,15 +78,15 @@ def _commit(broker: Broker) -> None:
 def _setup(broker: Broker, queues: list[str]) -> tuple[Client, Client]:
     consumer = Client(broker, "40001")
     for n, name in enumerate(queues):
-        consumer.send(method(1, commands.Queue.Declare(queue=name, durable=True)))
+        consumer.send(method_frame(1, commands.Queue.Declare(queue=name, durable=True)))
         if len(queues) > 1:
-            consumer.send(method(1, commands.Queue.Bind(queue=name, exchange="amq.fanout")))
+            consumer.send(method_frame(1, commands.Queue.Bind(queue=name, exchange="amq.fanout")))
         consumer.send(
-            method(1, commands.Basic.Consume(queue=name, consumer_tag=f"c{n}"))
+            method_frame(1, commands.Basic.Consume(queue=name, consumer_tag=f"c{n}"))
         )
     consumer.methods()
     publisher = Client(broker, "40002")
-    publisher.send(method(1, commands.Confirm.Select()))
+    publisher.send(method_frame(1, commands.Confirm.Select()))
     publisher.methods()
     return publisher, consumer
 
@@ -102,7 +102,7 @@ def test_consumed_message_is_confirmed_before_its_commit(broker: Broker) -> None
     publisher.send(publish_frames(1, b"m1", routing_key="q", properties=PERSISTENT))
     assert publisher.acks() == []  # waits for a commit ...
     (tag,) = _deliveries(consumer)
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=tag)))
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=tag)))
     assert publisher.acks() == [(1, False)]  # ... or for its consumption
     assert broker.confirms.early == {}
     _commit(broker)
@@ -113,7 +113,7 @@ def test_unconsumed_message_waits_for_the_commit(broker: Broker) -> None:
     publisher, consumer = _setup(broker, ["q"])
     publisher.send(publish_frames(1, b"m1", routing_key="q", properties=PERSISTENT))
     (tag,) = _deliveries(consumer)
-    consumer.send(method(1, commands.Basic.Nack(delivery_tag=tag, requeue=True)))
+    consumer.send(method_frame(1, commands.Basic.Nack(delivery_tag=tag, requeue=True)))
     assert publisher.acks() == []  # requeued is not consumed
     _commit(broker)
     assert publisher.acks() == [(1, False)]
@@ -126,9 +126,9 @@ def test_every_queue_must_have_consumed_it(broker: Broker) -> None:
         publish_frames(1, b"m1", exchange="amq.fanout", properties=PERSISTENT)
     )
     first, second = _deliveries(consumer)
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=first)))
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=first)))
     assert publisher.acks() == []
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=second)))
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=second)))
     assert publisher.acks() == [(1, False)]
 
 
@@ -139,11 +139,11 @@ def test_confirms_stay_in_order(broker: Broker) -> None:
     tags = _deliveries(consumer)
     assert len(tags) == 3
     # the second and third are consumed; the first is not: nothing yet
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=tags[1])))
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=tags[2])))
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=tags[1])))
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=tags[2])))
     assert publisher.acks() == []
     # the first is consumed too: all three at once, one cumulative ack
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=tags[0])))
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=tags[0])))
     assert publisher.acks() == [(3, True)]
 
 
@@ -151,10 +151,10 @@ def test_closed_publisher_channel_leaves_nothing_behind(broker: Broker) -> None:
     publisher, consumer = _setup(broker, ["q"])
     publisher.send(publish_frames(1, b"m1", routing_key="q", properties=PERSISTENT))
     assert len(broker.confirms.early) == 1
-    publisher.send(method(1, commands.Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0)))
+    publisher.send(method_frame(1, commands.Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0)))
     assert broker.confirms.early == {}
     (tag,) = _deliveries(consumer)
-    consumer.send(method(1, commands.Basic.Ack(delivery_tag=tag)))  # no error
+    consumer.send(method_frame(1, commands.Basic.Ack(delivery_tag=tag)))  # no error
 
 
 def test_confirms_of_one_read_coalesce_into_one_multiple_ack(broker: Broker) -> None:
@@ -162,7 +162,7 @@ def test_confirms_of_one_read_coalesce_into_one_multiple_ack(broker: Broker) -> 
     one ``basic.ack(multiple=true)``; clients test for it and it saves a
     frame per message."""
     publisher = Client(broker, "40003")
-    publisher.send(method(1, commands.Confirm.Select()))
+    publisher.send(method_frame(1, commands.Confirm.Select()))
     publisher.methods()
     burst = b"".join(publish_frames(1, b"x", routing_key="nowhere") for _ in range(50))
     publisher.send(burst)

@@ -8,24 +8,7 @@ from typing import Any
 
 import pytest
 from pamqp import commands
-from protocol_helpers import (
-    PLAIN_RESPONSE,
-    PROTOCOL_HEADER,
-    ClientPair,
-    channel_open,
-    connection_open,
-    content_body,
-    content_header,
-    decode_frames,
-    handshake_bytes,
-    heartbeat,
-    method,
-    publish_frames,
-    raw_frame,
-    run_stream,
-    start_ok,
-    tune_ok,
-)
+from protocol_helpers import ClientPair, handshake_bytes, run_stream
 
 from mqbroker import errors
 from mqbroker.protocol import codec
@@ -38,6 +21,21 @@ from mqbroker.protocol.events import (
     MethodReceived,
     OpenRequested,
     StartOk,
+)
+from support.frames import (
+    PLAIN_RESPONSE,
+    PROTOCOL_HEADER,
+    channel_open,
+    connection_open,
+    content_body,
+    content_header,
+    decode_frames,
+    heartbeat,
+    method_frame,
+    publish_frames,
+    raw_frame,
+    start_ok,
+    tune_ok,
 )
 
 
@@ -290,7 +288,7 @@ def test_non_connection_method_on_channel_0_is_504() -> None:
     """RabbitMQ: 504 "unexpected method in connection state running"."""
     pair = ClientPair()
     pair.handshake()
-    pair.send(method(0, commands.Basic.Qos(prefetch_count=1)))
+    pair.send(method_frame(0, commands.Basic.Qos(prefetch_count=1)))
     error = raises(pair, errors.ChannelErrorHard, 504)
     assert (error.class_id, error.method_id) == (60, 10)
 
@@ -305,7 +303,7 @@ def test_update_secret_is_answered() -> None:
     pair = opened()
     assert (
         pair.exchange(
-            method(
+            method_frame(
                 0, commands.Connection.UpdateSecret(new_secret="x", reason="r")
             )
         )
@@ -398,7 +396,7 @@ def test_body_in_tiny_frames() -> None:
     pair = opened()
     body = b"0123456789"
     frames = [
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, len(body)),
         *(content_body(1, body[i : i + 1]) for i in range(len(body))),
     ]
@@ -412,7 +410,7 @@ def test_body_in_tiny_frames() -> None:
 def test_zero_size_body_needs_no_body_frame() -> None:
     pair = opened()
     (event,) = pair.exchange(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 0),
     )
     assert isinstance(event, ContentReceived)
@@ -426,8 +424,8 @@ def test_publishes_interleaved_on_two_channels() -> None:
     pair = opened()
     pair.open_channel(2)
     events = pair.exchange(
-        method(1, commands.Basic.Publish(routing_key="a")),
-        method(2, commands.Basic.Publish(routing_key="b")),
+        method_frame(1, commands.Basic.Publish(routing_key="a")),
+        method_frame(2, commands.Basic.Publish(routing_key="b")),
         content_header(2, 2),
         content_header(1, 2),
         content_body(1, b"1"),
@@ -450,7 +448,7 @@ def test_many_publishes_in_one_read() -> None:
 def test_other_methods_become_method_received() -> None:
     pair = opened()
     (event,) = pair.exchange(
-        method(1, commands.Basic.Ack(delivery_tag=7, multiple=True))
+        method_frame(1, commands.Basic.Ack(delivery_tag=7, multiple=True))
     )
     assert isinstance(event, MethodReceived) and event.channel == 1
     assert isinstance(event.method, commands.Basic.Ack)
@@ -472,7 +470,7 @@ def test_body_without_method_is_505() -> None:
 def test_body_without_header_is_505() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_body(1, b"abc"),
     )
     raises(pair, errors.UnexpectedFrame, 505)
@@ -481,8 +479,8 @@ def test_body_without_header_is_505() -> None:
 def test_method_after_publish_before_header_is_505() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
-        method(1, commands.Basic.Qos(prefetch_count=1)),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Qos(prefetch_count=1)),
     )
     raises(pair, errors.UnexpectedFrame, 505)
 
@@ -490,10 +488,10 @@ def test_method_after_publish_before_header_is_505() -> None:
 def test_method_in_the_middle_of_the_body_is_505() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 10),
         content_body(1, b"12345"),
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
     )
     raises(pair, errors.UnexpectedFrame, 505)
 
@@ -501,7 +499,7 @@ def test_method_in_the_middle_of_the_body_is_505() -> None:
 def test_second_header_is_505() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 10),
         content_header(1, 10),
     )
@@ -512,7 +510,7 @@ def test_header_for_another_class_is_505() -> None:
     pair = opened()
     payload = struct.pack(">HHQH", 50, 0, 3, 0)
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         raw_frame(2, 1, payload),
     )
     raises(pair, errors.UnexpectedFrame, 505)
@@ -533,7 +531,7 @@ def test_content_on_channel_never_opened_is_504() -> None:
 def test_body_larger_than_declared_is_505() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 3),
         content_body(1, b"abcd"),
     )
@@ -545,7 +543,7 @@ def test_body_larger_than_declared_is_505() -> None:
 def test_body_larger_than_declared_over_two_frames_is_505() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 3),
         content_body(1, b"ab"),
         content_body(1, b"cd"),
@@ -556,7 +554,7 @@ def test_body_larger_than_declared_over_two_frames_is_505() -> None:
 def test_truncated_content_header_is_502() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         raw_frame(2, 1, struct.pack(">HHQ", 60, 0, 3)),
     )
     raises(pair, errors.SyntaxError_, 502)
@@ -585,7 +583,7 @@ def test_message_over_max_size_is_406_and_the_connection_goes_on() -> None:
     (event,) = pair.exchange(publish_frames(2, b"y" * 100))
     assert (event.channel, event.body) == (2, b"y" * 100)
     # Close-ok frees channel 1, which can be opened again.
-    assert pair.exchange(method(1, commands.Channel.CloseOk())) == [
+    assert pair.exchange(method_frame(1, commands.Channel.CloseOk())) == [
         ChannelClosed(1)
     ]
     pair.open_channel(1)
@@ -618,7 +616,7 @@ def test_bad_frame_end_with_error_reported_does_not_spin() -> None:
     pair = opened()
     pair.send(
         raw_frame(1, 1, b"\x00" * 4, end=0x00),
-        method(0, commands.Connection.CloseOk()),
+        method_frame(0, commands.Connection.CloseOk()),
     )
     with pytest.raises(errors.FrameError) as info:
         pair.next_event()
@@ -658,7 +656,7 @@ def test_frame_of_exactly_frame_max_is_accepted() -> None:
     frame = content_body(1, body)
     assert len(frame) == 4096
     (event,) = pair.exchange(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, len(body)),
         frame,
     )
@@ -681,7 +679,7 @@ def test_heartbeat_on_a_channel_is_505() -> None:
 
 def test_method_on_channel_never_opened_is_504() -> None:
     pair = opened()
-    pair.send(method(3, commands.Basic.Qos(prefetch_count=1)))
+    pair.send(method_frame(3, commands.Basic.Qos(prefetch_count=1)))
     error = raises(pair, errors.ChannelErrorHard, 504)
     assert error.hard
 
@@ -707,7 +705,7 @@ def test_channel_max_counts_open_channels() -> None:
     pair.handshake(channel_max=2)
     pair.open_channel(1)
     pair.open_channel(2)
-    assert pair.exchange(method(2, commands.Channel.Close(200, "", 0, 0))) == [
+    assert pair.exchange(method_frame(2, commands.Channel.Close(200, "", 0, 0))) == [
         ChannelClosed(2)
     ]
     pair.output()
@@ -770,7 +768,7 @@ def test_undecodable_method_fields_are_501(payload: bytes) -> None:
     ((_, close),) = pair.methods()
     assert close.reply_code == 501
     assert pair.state is State.CLOSED
-    assert pair.exchange(method(0, commands.Connection.CloseOk())) == []
+    assert pair.exchange(method_frame(0, commands.Connection.CloseOk())) == []
 
 
 def test_unknown_field_table_type_is_502() -> None:
@@ -805,7 +803,7 @@ def test_errors_are_amqp_errors_with_a_connection_close() -> None:
 def test_peer_connection_close() -> None:
     pair = opened()
     (event,) = pair.exchange(
-        method(0, commands.Connection.Close(200, "bye", 0, 0))
+        method_frame(0, commands.Connection.Close(200, "bye", 0, 0))
     )
     assert event == ConnectionClosed(200, "bye", True)
     ((channel, ok),) = pair.methods()
@@ -819,7 +817,7 @@ def test_peer_connection_close_during_handshake() -> None:
     pair.exchange(PROTOCOL_HEADER)
     pair.output()
     (event,) = pair.exchange(
-        method(0, commands.Connection.Close(320, "gone", 0, 0))
+        method_frame(0, commands.Connection.Close(320, "gone", 0, 0))
     )
     assert event == ConnectionClosed(320, "gone", True)
     assert pair.state is State.CLOSED
@@ -837,17 +835,17 @@ def test_our_connection_close_discards_until_close_ok() -> None:
     assert (
         pair.exchange(
             publish_frames(1, b"x"),
-            method(1, commands.Basic.Qos(prefetch_count=1)),
-            method(7, commands.Basic.Qos(prefetch_count=1)),
+            method_frame(1, commands.Basic.Qos(prefetch_count=1)),
+            method_frame(7, commands.Basic.Qos(prefetch_count=1)),
             content_body(3, b"junk"),
             heartbeat(0),
             raw_frame(1, 0, b"\x00\x0a\x00\x99"),
-            method(0, commands.Connection.Open()),
+            method_frame(0, commands.Connection.Open()),
         )
         == []
     )
     assert pair.output() == b""
-    (event,) = pair.exchange(method(0, commands.Connection.CloseOk()))
+    (event,) = pair.exchange(method_frame(0, commands.Connection.CloseOk()))
     assert event == ConnectionClosed(
         404, "NOT_FOUND - no queue 'q' in vhost '/'", False
     )
@@ -860,7 +858,7 @@ def test_peer_close_crossing_ours() -> None:
     pair.conn.close_connection(errors.ConnectionForced("shutdown"))
     pair.output()
     (event,) = pair.exchange(
-        method(0, commands.Connection.Close(200, "", 0, 0))
+        method_frame(0, commands.Connection.Close(200, "", 0, 0))
     )
     assert event.by_peer is False and event.reply_code == 320
     ((_, ok),) = pair.methods()
@@ -900,24 +898,24 @@ def test_report_hard_error_on_channel_closes_connection() -> None:
 def test_peer_channel_close() -> None:
     pair = opened()
     (event,) = pair.exchange(
-        method(1, commands.Channel.Close(200, "ok", 0, 0))
+        method_frame(1, commands.Channel.Close(200, "ok", 0, 0))
     )
     assert event == ChannelClosed(1)
     ((channel, ok),) = pair.methods()
     assert channel == 1 and isinstance(ok, commands.Channel.CloseOk)
     assert not pair.conn.is_channel_open(1)
-    pair.send(method(1, commands.Basic.Qos(prefetch_count=1)))
+    pair.send(method_frame(1, commands.Basic.Qos(prefetch_count=1)))
     raises(pair, errors.ChannelErrorHard, 504)
 
 
 def test_peer_channel_close_mid_content_then_reopen() -> None:
     pair = opened()
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 10),
     )
     assert pair.events() == []
-    assert pair.exchange(method(1, commands.Channel.Close(200, "", 0, 0))) == [
+    assert pair.exchange(method_frame(1, commands.Channel.Close(200, "", 0, 0))) == [
         ChannelClosed(1)
     ]
     pair.output()
@@ -930,7 +928,7 @@ def test_our_channel_close_discards_until_close_ok() -> None:
     pair = opened()
     pair.open_channel(2)
     pair.send(
-        method(1, commands.Basic.Publish(routing_key="q")),
+        method_frame(1, commands.Basic.Publish(routing_key="q")),
         content_header(1, 10),
     )
     assert pair.events() == []
@@ -945,7 +943,7 @@ def test_our_channel_close_discards_until_close_ok() -> None:
         pair.exchange(
             content_body(1, b"0123456789"),
             publish_frames(1, b"dropped"),
-            method(1, commands.Basic.Qos(prefetch_count=1)),
+            method_frame(1, commands.Basic.Qos(prefetch_count=1)),
             channel_open(1),
             content_body(1, b"stray"),
         )
@@ -955,7 +953,7 @@ def test_our_channel_close_discards_until_close_ok() -> None:
     # Channel 2 is unaffected meanwhile.
     (event,) = pair.exchange(publish_frames(2, b"two"))
     assert event.channel == 2
-    assert pair.exchange(method(1, commands.Channel.CloseOk())) == [
+    assert pair.exchange(method_frame(1, commands.Channel.CloseOk())) == [
         ChannelClosed(1)
     ]
     assert pair.output() == b""
@@ -968,7 +966,7 @@ def test_our_channel_close_crossing_peer_close() -> None:
     pair = opened()
     pair.conn.close_channel(1, errors.NotFound("x"))
     pair.output()
-    assert pair.exchange(method(1, commands.Channel.Close(200, "", 0, 0))) == [
+    assert pair.exchange(method_frame(1, commands.Channel.Close(200, "", 0, 0))) == [
         ChannelClosed(1)
     ]
     ((channel, ok),) = pair.methods()
