@@ -15,6 +15,7 @@ MESSAGES = int(os.environ.get("MQBROKER_STREAM_STRESS_MESSAGES", "10000000"))
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(3600)
 def test_ten_million_message_stream_keeps_rss_flat(mqbroker_process: Any) -> None:
     broker = mqbroker_process()
     out = subprocess.run(

@@ -240,11 +240,7 @@ class VHost:
 
     def _is_e2e_destination(self, name: str) -> bool:
         dest = Destination("exchange", name)
-        return any(
-            b.destination == dest
-            for ex in self.exchanges.values()
-            for b in ex.impl.bindings()
-        )
+        return any(ex.impl.bindings_to(dest) for ex in self.exchanges.values())
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
@@ -254,7 +250,7 @@ class VHost:
             self._forget_binding(exchange.name, binding.destination, binding.routing_key, binding.args_dict())
         dest = Destination("exchange", exchange.name)
         for other in list(self.exchanges.values()):
-            for binding in [b for b in other.impl.bindings() if b.destination == dest]:
+            for binding in other.impl.bindings_to(dest):
                 other.impl.unbind(dest, binding.routing_key, binding.args_dict())
                 self._forget_binding(other.name, dest, binding.routing_key, binding.args_dict())
         if exchange.durable:
@@ -409,7 +405,7 @@ class VHost:
         self.routes.clear()
         dest = Destination("queue", queue.name)
         for exchange in list(self.exchanges.values()):
-            for binding in [b for b in exchange.impl.bindings() if b.destination == dest]:
+            for binding in exchange.impl.bindings_to(dest):
                 exchange.impl.unbind(dest, binding.routing_key, binding.args_dict())
                 if exchange.name:
                     self._forget_binding(exchange.name, dest, binding.routing_key, binding.args_dict())

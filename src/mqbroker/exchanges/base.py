@@ -150,6 +150,10 @@ class ExchangeType(abc.ABC):
 
     def __init__(self) -> None:
         self._bindings: set[Binding] = set()
+        # destination -> its bindings here: deleting a queue (say, the
+        # thousand exclusive queues of a closing connection) must not scan
+        # every binding of the default exchange once per queue.
+        self._by_dest: dict[Destination, set[Binding]] = {}
 
     # True when ``on_publish`` does something: the pipeline calls it then.
     has_publish_hook: ClassVar[bool] = False
@@ -183,6 +187,7 @@ class ExchangeType(abc.ABC):
             return False
         self.validate_binding(routing_key, arguments or {})
         self._bindings.add(binding)
+        self._by_dest.setdefault(destination, set()).add(binding)
         self._added(binding)
         return True
 
@@ -197,14 +202,27 @@ class ExchangeType(abc.ABC):
         if binding not in self._bindings:
             return False
         self._bindings.remove(binding)
+        self._forget_dest(binding)
         self._removed(binding)
         return True
 
+    def _forget_dest(self, binding: Binding) -> None:
+        found = self._by_dest.get(binding.destination)
+        if found is not None:
+            found.discard(binding)
+            if not found:
+                del self._by_dest[binding.destination]
+
+    def bindings_to(self, destination: Destination) -> list[Binding]:
+        """The bindings to one destination, without a scan."""
+        return list(self._by_dest.get(destination, ()))
+
     def remove_destination(self, destination: Destination) -> int:
         """Drop every binding to ``destination`` (queue or exchange deleted)."""
-        gone = [b for b in self._bindings if b.destination == destination]
+        gone = self.bindings_to(destination)
         for binding in gone:
             self._bindings.remove(binding)
+            self._forget_dest(binding)
             self._removed(binding)
         return len(gone)
 

@@ -162,6 +162,9 @@ class DelayedExchange(ExchangeType):
     def remove_destination(self, destination: Destination) -> int:
         return self.inner.remove_destination(destination)
 
+    def bindings_to(self, destination: Destination) -> list[Binding]:
+        return self.inner.bindings_to(destination)
+
     def bindings(self) -> Iterator[Binding]:
         return self.inner.bindings()
 
