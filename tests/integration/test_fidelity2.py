@@ -535,3 +535,20 @@ def test_headers_exchange_compares_array_elements_with_their_types(raw: Any, uni
     r.read_frame()  # content header
     _, got = r.read_frame()
     assert got.value == b"int"
+
+
+def test_reject_publish_overflow_is_a_nack_not_a_return(broker: Any, uniq: Any) -> None:
+    """A queue that refuses a message (x-overflow reject-publish) still
+    counts as a route: a mandatory publish is nacked, never returned
+    (aio-pika's test_delivery_fail)."""
+    name = uniq("q")
+    conn = _pika(broker)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(name, exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        ch.basic_publish("", name, b"first", mandatory=True)
+        with pytest.raises(pika.exceptions.NackError):
+            ch.basic_publish("", name, b"refused", mandatory=True)
+    finally:
+        conn.close()

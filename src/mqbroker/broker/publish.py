@@ -228,9 +228,9 @@ class Publisher:
         if not queues:
             return Outcome()
         taken: list[str] = []
-        _routed, durable, refused, written = self.offer_to(queues, message, ttl, session, taken)
+        routed, durable, refused, written = self.offer_to(queues, message, ttl, session, taken)
         epoch = self.broker.write_epoch if durable and self.broker.store.durable else 0
-        return Outcome(bool(taken), tuple(taken), durable, refused, written, epoch)
+        return Outcome(routed, tuple(taken), durable, refused, written, epoch)
 
     def offer_to(
         self,
@@ -241,18 +241,20 @@ class Publisher:
         names: list[str] | None = None,
     ) -> tuple[bool, bool, bool, int]:
         """The loop of step 4 -> (routed, durable, refused, persisted
-        entries); the names of the queues that took it go to ``names``."""
+        entries); the names of the queues that took it go to ``names``.
+        A queue that refuses the message (reject-publish overflow) still
+        counts as a route, as in RabbitMQ: the publisher gets a nack, not
+        a basic.return."""
         broker = self.broker
         dirty = broker.dirty
         now = broker.wall_ms()
-        routed = durable = refused = False
+        durable = refused = False
         written = 0
         for queue in queues:
             accepted, wrote = queue.offer(message, now, ttl)
             durable |= wrote
             written += wrote
             if accepted:
-                routed = True
                 if names is not None:
                     names.append(queue.name)
             else:
@@ -267,7 +269,7 @@ class Publisher:
                 session.flow.add(queue)
         if durable:
             broker.request_lazy_commit()
-        return routed, durable, refused, written
+        return bool(queues), durable, refused, written
 
     # ---------------------------------------------------- entry points
 
