@@ -287,6 +287,8 @@ def test_stress_protocol_random_frames(data: st.DataObject) -> None:
 
 
 @pytest.mark.stress
+# thousands of whole-session examples: minutes on a shared 2-core machine
+@pytest.mark.timeout(900)
 @STRESS
 @given(st.data())
 def test_stress_session_random_frames(data: st.DataObject) -> None:
