@@ -51,3 +51,15 @@ def test_streams_groups_reset_and_lag(ctl: Ctl, mgmt: Mgmt) -> None:
     assert ctl.json("groups")[0]["lag"] == rows["trades-0"]["messages"]
     table = ctl.run("groups", fmt="table").stdout
     assert "risk" in table and "trades-0" in table
+
+
+def test_group_reset_needs_an_administrator(mgmt: Mgmt) -> None:
+    mgmt.http.put("/api/users/ops", json={"password": "pw", "tags": "management"})
+    mgmt.http.put("/api/permissions/%2F/ops", json={"configure": ".*", "write": ".*", "read": ".*"})
+    with channel(mgmt) as ch:
+        ch.queue_declare("ledger", durable=True, arguments={"x-queue-type": "stream"})
+    r = httpx.post(mgmt.base_url + "/api/stream-groups/%2F/g/reset", auth=("ops", "pw"),
+                   json={"stream": "ledger", "to": "first"})
+    assert r.status_code == 401
+    ok = mgmt.http.post("/api/stream-groups/%2F/g/reset", json={"stream": "ledger", "to": "first"})
+    assert ok.status_code == 200

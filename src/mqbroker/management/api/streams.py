@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from mqbroker.broker import streams_view as sv
 from mqbroker.management.context import Management
-from mqbroker.management.routing import RouteTable
+from mqbroker.management.routing import ADMIN, RouteTable
 from mqbroker.management.web import (
     bad_request,
     js,
@@ -37,7 +37,9 @@ async def groups(mgmt: Management, request: Request) -> Response:
     return listing(request, [r for r in sv.group_rows(mgmt.broker) if r["vhost"] in names])
 
 
-@routes("/api/stream-groups/{vhost}/{group}/reset", ["POST"])
+# Moving a group's committed offset rewrites what its consumers will
+# read: an administrator's operation, as definitions and users are.
+@routes("/api/stream-groups/{vhost}/{group}/reset", ["POST"], write_tags=ADMIN)
 async def reset(mgmt: Management, request: Request) -> Response:
     vhost = mgmt.vhost(vhost_param(request))
     body = await json_body(request)
