@@ -111,6 +111,15 @@ class Config:
     disk_free_limit_bytes: int | None = 50 * 1000 * 1000
     alarm_check_interval_s: float = 1.0
 
+    # Clustering (docs/clustering.md): off unless etcd endpoints are set.
+    node_name: str | None = None
+    cluster_etcd: tuple[str, ...] = ()
+    cluster_port: int = 25672  # replication (leader <- followers)
+    cluster_size: int = 3  # confirms need a majority of this many nodes
+    cluster_secret: str = "mqbroker"  # followers present it to the leader
+    cluster_prefix: str = "mqbroker/"  # etcd key prefix (one per cluster)
+    cluster_lease_ttl_s: int = 5
+    cluster_ack_timeout_s: float = 3.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **values: Any) -> Config:
@@ -124,6 +133,10 @@ class Config:
         size = clean.get("max_message_size")
         if size is not None and not 1 <= int(size) <= MAX_MESSAGE_SIZE_LIMIT:
             raise ValueError(f"max_message_size must be between 1 and {MAX_MESSAGE_SIZE_LIMIT}")
+        if isinstance(clean.get("cluster_etcd"), (list, str)):
+            raw = clean["cluster_etcd"]
+            items = raw.split(",") if isinstance(raw, str) else raw
+            clean["cluster_etcd"] = tuple(i.strip() for i in items if i.strip())
         if isinstance(clean.get("loopback_users"), list):
             clean["loopback_users"] = tuple(clean["loopback_users"])
         return replace(self, **clean)

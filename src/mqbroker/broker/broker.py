@@ -50,6 +50,8 @@ class Broker:
         self.users = UserStore()
         self.users.add(config.default_user, config.default_password, ["administrator"])
         self.vhosts: dict[str, VHost] = {}
+        # Set by a cluster's leader: the answer of GET /api/cluster.
+        self.cluster_status: Callable[[], dict[str, Any]] | None = None
         # Stream segments live under the data dir (a temp dir when there is
         # none: in-memory brokers keep streams only for their lifetime).
         self.stream_root = (

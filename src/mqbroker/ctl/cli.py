@@ -3,7 +3,7 @@ module registered on it (importing a module adds its commands)."""
 
 from __future__ import annotations
 
-from mqbroker.ctl import admin, messages, moves, streams, topology  # noqa: F401  (registration)
+from mqbroker.ctl import admin, cluster, messages, moves, streams, topology  # noqa: F401  (registration)
 from mqbroker.ctl.app import cli
 
 

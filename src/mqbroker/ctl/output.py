@@ -163,6 +163,14 @@ COLUMNS: dict[str, list[Column]] = {
         ("lag", "lag", fmt_value),
         ("owner", "owner", fmt_value),
     ],
+    "cluster": [
+        ("node", "name", fmt_value),
+        ("role", "role", fmt_value),
+        ("in sync", "in_sync", fmt_value),
+        ("connected", "connected", fmt_value),
+        ("lag bytes", "lag_bytes", fmt_value),
+        ("amqp", "amqp", fmt_value),
+    ],
     "policies": [
         ("vhost", "vhost", fmt_value),
         ("name", "name", fmt_value),

@@ -9,8 +9,8 @@ and alerts work; what RabbitMQ has no name for is ``mqbroker_*``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -166,6 +166,7 @@ class BrokerCollector:
         for row in streams_view.group_rows(stats.broker):
             lag.add_metric([row["vhost"], str(row["group"]), row["stream"]], row["lag"])
         yield lag
+        yield from _cluster(stats.broker.cluster_status)
 
         import psutil  # type: ignore[import-untyped]
 
@@ -182,6 +183,26 @@ class BrokerCollector:
         fds = GaugeMetricFamily("rabbitmq_process_open_fds", "Open file descriptors")
         fds.add_metric([], fd_count)
         yield fds
+
+
+def _cluster(status: Callable[[], dict[str, Any]] | None) -> Iterator[Metric]:
+    """Replication lag and in-sync state per node (a cluster's leader)."""
+    if status is None:
+        return
+    lag = GaugeMetricFamily(
+        "mqbroker_cluster_replication_lag_bytes",
+        "Bytes the leader sent a follower that it has not acknowledged yet",
+        labels=["node"],
+    )
+    in_sync = GaugeMetricFamily(
+        "mqbroker_cluster_in_sync", "1 when the node is in the in-sync set", labels=["node"]
+    )
+    for node in status()["nodes"]:
+        if node["lag_bytes"] is not None:
+            lag.add_metric([node["name"]], node["lag_bytes"])
+        in_sync.add_metric([node["name"]], 1 if node["in_sync"] else 0)
+    yield lag
+    yield in_sync
 
 
 def render(stats: Stats) -> bytes:

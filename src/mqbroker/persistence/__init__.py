@@ -18,12 +18,13 @@ from .errors import (
 from .group_commit import GroupCommitter, merge_batches
 from .lmdb_store import LmdbStore
 from .memory import MemoryStore
-from .store import Store, StoredEntry, StoredMessage, WriteBatch
+from .store import Replicator, Store, StoredEntry, StoredMessage, WriteBatch
 
 __all__ = [
     "GroupCommitter",
     "LmdbStore",
     "MemoryStore",
+    "Replicator",
     "Store",
     "StoreCorruptionError",
     "StoreError",

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from .errors import StoreFullError
-from .store import Store, WriteBatch
+from .store import Replicator, Store, WriteBatch
 
 
 def merge_batches(parts: Sequence[WriteBatch]) -> WriteBatch:
@@ -73,8 +73,10 @@ class GroupCommitter:
         on_recovered: Callable[[], None] | None = None,
         retry_delay: float = 0.5,
         lazy_delay: float = 0.02,
+        replicator: Replicator | None = None,
     ) -> None:
         self._store = store
+        self._replicator = replicator
         self._on_committed = on_committed
         self._on_error = on_error
         self._on_recovered = on_recovered
@@ -129,6 +131,8 @@ class GroupCommitter:
             cycle = self._cycles_started
             batch = self._store.take_batch()
             if batch is not None:
+                if self._replicator is not None:
+                    self._replicator.prepare(batch)
                 parts.append(batch)
             if parts:
                 if not await self._write(parts):
@@ -136,6 +140,9 @@ class GroupCommitter:
                     continue
                 for part in parts:
                     self._store.batch_done(part)
+                if self._replicator is not None:
+                    for part in parts:
+                        await self._replicator.replicate(part)
                 epoch = parts[-1].epoch
                 parts = []
                 self._unwritten = parts
@@ -160,13 +167,19 @@ class GroupCommitter:
         for part in parts:
             self._store.batch_done(part)
 
+    def _write_sync(self, batch: WriteBatch, parts: list[WriteBatch]) -> None:
+        self._store.write_batch(batch)
+        if self._replicator is not None:
+            for part in parts:  # idempotent: a retried part is encoded once
+                self._replicator.encode(part)
+
     async def _write(self, parts: list[WriteBatch]) -> bool:
         batch = parts[0] if len(parts) == 1 else merge_batches(parts)
         try:
             if self._store.durable:
-                await trio.to_thread.run_sync(self._store.write_batch, batch)
+                await trio.to_thread.run_sync(self._write_sync, batch, parts)
             else:
-                self._store.write_batch(batch)
+                self._write_sync(batch, parts)
         except StoreFullError as exc:
             self._failing = True
             if self._on_error is not None:

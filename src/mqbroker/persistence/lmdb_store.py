@@ -348,6 +348,13 @@ class LmdbStore:
         mapping faults the same bytes back in from the page cache."""
         return release_map(self._path / "data.mdb")
 
+    def copy_to(self, directory: Path) -> None:
+        """A consistent copy of the committed store into ``directory`` (one
+        read transaction: a cluster's snapshot). Any thread. Not under the
+        map lock: a big copy must not stall the loop's reads; a map resize
+        meanwhile fails the copy (lmdb.Error), and the caller retries."""
+        self._env.copy(str(directory), compact=True)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

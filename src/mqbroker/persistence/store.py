@@ -87,6 +87,8 @@ class WriteBatch:
     # logs appended to in this batch; their marks are taken with the batch
     logs: dict[int, LogSync] = field(default_factory=dict)
     log_marks: list[tuple[LogSync, Any]] = field(default_factory=list)
+    # what a replicating leader made of this batch (cluster/records.py)
+    replica: Any = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -115,6 +117,23 @@ class WriteBatch:
         marks, self.log_marks = self.log_marks, []
         for log, mark in marks:
             log.committed(mark)
+
+
+class Replicator(Protocol):
+    """Ships committed batches to other nodes (a cluster's leader).
+
+    ``prepare`` on the loop as the batch is taken (it may add records to
+    it: they are written locally too), ``encode`` in the worker thread
+    right after the local write (the log bytes of the batch are read
+    there, before retention can drop a segment), ``replicate`` on the loop
+    once the batch is durable here: it returns when enough followers made
+    it durable too, and only then are its confirms released."""
+
+    def prepare(self, batch: WriteBatch) -> None: ...
+
+    def encode(self, batch: WriteBatch) -> None: ...
+
+    async def replicate(self, batch: WriteBatch) -> None: ...
 
 
 class Store(Protocol):

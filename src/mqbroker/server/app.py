@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import trio
 
@@ -16,7 +17,7 @@ from mqbroker.broker.broker import Broker
 from mqbroker.broker.recovery import recover
 from mqbroker.config import Config
 from mqbroker.log import get_logger
-from mqbroker.persistence import GroupCommitter, open_store
+from mqbroker.persistence import GroupCommitter, Replicator, Store, open_store
 from mqbroker.server.alarms import Alarms
 from mqbroker.server.connection_task import ConnectionTask
 from mqbroker.server.harness import Harness
@@ -28,6 +29,16 @@ from mqbroker.server.timers import (
 from mqbroker.server.tls import make_server_context, tls_enabled
 
 log = get_logger("mqbroker.server")
+
+
+class ClusterRole(Protocol):
+    """What a cluster's leader adds to an ordinary broker
+    (server/cluster_node.py): a replicator for the group committer, made
+    once the store is recovered, and the task that feeds the followers."""
+
+    def attach(self, broker: Broker, store: Store) -> Replicator: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,10 @@ class ServerInfo:
 
 
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    role: ClusterRole | None = None,
+    task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     backend = "memory" if config.data_dir is None or config.storage == "memory" else "lmdb"
     store = open_store(
@@ -84,12 +98,15 @@ async def serve(
             broker.on_committed,
             write_failed,
             on_recovered=alarms.store_recovered,
+            replicator=role.attach(broker, store) if role is not None else None,
         )
         harness = Harness(broker, committer, alarms)
         broker.request_commit = committer.notify
         broker.request_lazy_commit = committer.notify_lazy
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
+            if role is not None:
+                await nursery.start(role.run)
             await nursery.start(alarms.run)
             await nursery.start(run_timers, broker)
             await nursery.start(run_release_map, broker)

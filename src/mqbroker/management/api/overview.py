@@ -78,3 +78,19 @@ async def history(mgmt: Management, request: Request) -> Response:
     return js(list(mgmt.stats.history))
 
 # -------------------------------------------------------- vhosts
+
+
+@routes("/api/cluster", ["GET"])
+async def cluster(mgmt: Management, request: Request) -> Response:
+    """A cluster's leader answers with its nodes (followers relay this
+    request to it); a single node reports itself as a one-node cluster."""
+    status = mgmt.broker.cluster_status
+    if status is not None:
+        return js(status())
+    return js({
+        "leader": views.NODE,
+        "nodes": [{
+            "name": views.NODE, "role": "leader", "in_sync": True, "connected": True,
+            "lag_bytes": 0, "amqp": None, "http": None,
+        }],
+    })

@@ -1,0 +1,2 @@
+"""Clustering: etcd for leadership and the in-sync set, the leader's
+write batches shipped to followers (docs/clustering.md)."""
