@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_message_size,
         help="largest message body in bytes (default 134217728 = 128 MiB; at most 512 MiB)",
     )
+    cluster = serve.add_argument_group("clustering (docs/clustering.md)")
+    cluster.add_argument("--node-name", help="this node's name in the cluster")
+    cluster.add_argument(
+        "--cluster-etcd", metavar="URL[,URL...]",
+        help="etcd endpoints (http://host:port); joins the cluster",
+    )
+    cluster.add_argument("--cluster-port", type=int, help="replication port (default 25672)")
+    cluster.add_argument("--cluster-size", type=int, help="nodes in the cluster (default 3)")
+    cluster.add_argument("--cluster-secret", help="shared secret of the replication links")
+    cluster.add_argument("--cluster-prefix", help="etcd key prefix (default mqbroker/)")
+    cluster.add_argument(
+        "--cluster-lease-ttl", type=int, help="leader lease in seconds (default 5)"
+    )
     return parser
 
 
@@ -91,6 +104,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         connection_max=args.connection_max,
         max_message_size=args.max_message_size,
         management_tls=args.management_tls,
+        node_name=args.node_name,
+        cluster_etcd=args.cluster_etcd,
+        cluster_port=args.cluster_port,
+        cluster_size=args.cluster_size,
+        cluster_secret=args.cluster_secret,
+        cluster_prefix=args.cluster_prefix,
+        cluster_lease_ttl_s=args.cluster_lease_ttl,
     )
     if args.no_management:
         from dataclasses import replace
@@ -101,6 +121,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 async def _serve(config: Config, port_file: Path | None) -> None:
     from mqbroker.server.app import serve
+
+    if config.cluster_etcd:
+        from mqbroker.server.cluster_node import serve_node
+
+        serve = serve_node  # type: ignore[assignment]
 
     # SIGTERM and SIGINT stop the broker cleanly: connections are closed and
     # the last write batch is committed before the process exits.

@@ -45,6 +45,7 @@ class Feed:
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(trio.serve_listeners, self.handle, listeners))
+            nursery.start_soon(self.leader.maintain)
             task_status.started(bound)
 
     async def handle(self, stream: trio.SocketStream) -> None:

@@ -45,6 +45,9 @@ log = get_logger("mqbroker.cluster")
 # Records queued for one follower beyond this: it cannot keep up; cut it
 # off (it reconnects and catches up from the ring or a snapshot).
 MAX_QUEUED_BYTES = 256 << 20
+# An ISR member with no connection is waited for this long, not the whole
+# ack timeout (a dead node would otherwise hold every confirm 3 s).
+DISCONNECTED_GRACE = 1.0
 
 
 class NotLeader(Exception):
@@ -128,6 +131,8 @@ class Leader:
         self.capture = LogCapture(data_dir)
         self.links: dict[str, FollowerLink] = {}
         self._acked = trio.Event()
+        # one ISR change at a time: a batch's wait, or the idle upkeep
+        self._isr_lock = trio.Lock()
 
     def seed_logs(self, logs: list[StreamLog]) -> None:
         for stream_log in logs:
@@ -157,16 +162,39 @@ class Leader:
         for link in list(self.links.values()):
             link.offer(pending.lsn, frame)
         batch.replica = None
-        await self._wait_for(pending.lsn)
+        async with self._isr_lock:
+            await self._wait_for(pending.lsn)
         self.replicated = position
 
-    async def _wait_for(self, lsn: int) -> None:
-        deadline = trio.current_time() + self.ack_timeout
+    async def maintain(self, interval: float = 0.5) -> None:
+        """While no batch is being replicated: let followers that caught up
+        join the ISR and drop those that left, so the in-sync set (and who
+        may be elected) is right even when nothing is published."""
         while True:
-            waiting = [n for n in self.isr - {self.node} if self._acked_lsn(n) < lsn]
-            if not waiting or trio.current_time() >= deadline:
+            await trio.sleep(interval)
+            if self._isr_lock.locked():
+                continue
+            async with self._isr_lock:
+                lsn = self.replicated.lsn
+                if self.last_lsn != lsn:
+                    continue  # a batch is on its way: its wait decides
+                members = {self.node} | {n for n in self.links if self._acked_lsn(n) >= lsn}
+                if members != self.isr:
+                    await self._commit_isr(members)
+
+    async def _wait_for(self, lsn: int) -> None:
+        start = trio.current_time()
+        while True:
+            now = trio.current_time()
+            # a member with no connection gets a second to (re)connect, a
+            # connected one the whole ack timeout
+            waiting = [
+                n for n in self.isr - {self.node} if self._acked_lsn(n) < lsn
+                and now - start < (self.ack_timeout if n in self.links else DISCONNECTED_GRACE)
+            ]
+            if not waiting:
                 break
-            await self._next_ack(deadline)
+            await self._next_ack(min(start + self.ack_timeout, now + 0.1))
         while 1 + sum(1 for n in self.links if self._acked_lsn(n) >= lsn) < self.majority:
             await self._next_ack(trio.current_time() + 1.0)
         members = {self.node} | {n for n in self.links if self._acked_lsn(n) >= lsn}
