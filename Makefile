@@ -37,6 +37,7 @@ stress: dev
 
 bench: dev
 	$(BIN)/python -m mqbroker.perf.bench $(BENCH_ARGS)
+	$(BIN)/python -m mqbroker.bench.cluster
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
