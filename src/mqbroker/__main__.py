@@ -180,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             for failure in store_errors.exceptions:
                 log.error("broker.failed", error=str(failure))
             return 1
+        exits, rest = group.split(SystemExit)
+        if exits is not None and rest is None:
+            # a cluster leader that lost its lease (server/cluster_node.py)
+            log.error("broker.stopped", reason="leadership lost")
+            code = exits.exceptions[0]
+            return code.code if isinstance(code, SystemExit) and isinstance(code.code, int) else 3
         interrupted, rest = group.split(KeyboardInterrupt)
         if rest is not None:
             raise

@@ -13,7 +13,12 @@ import pika
 import pytest
 from pika.exceptions import AMQPError
 
-from mqbroker.testing.cluster import ClusterNode, cluster_status, wait_in_sync
+from mqbroker.testing.cluster import (
+    ClusterNode,
+    EtcdProcess,
+    cluster_status,
+    wait_in_sync,
+)
 
 TOTAL = 6000
 
@@ -114,6 +119,35 @@ def test_leader_killed_under_confirmed_load_loses_nothing(nodes: list[ClusterNod
     assert set(confirmed) - seen == set()
 
 
+def test_every_node_reports_the_cluster(nodes: list[ClusterNode]) -> None:
+    """GET /api/cluster, mqbrokerctl cluster and /metrics, asked of a
+    follower (relayed to the leader) and of the leader: one answer."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    status = cluster_status(nodes)
+    assert status is not None
+    leader = status["leader"]
+    follower = next(n for n in nodes if n.name != leader)
+    via_follower = follower.api("/api/cluster")
+    assert via_follower["leader"] == leader
+    by_name = {n["name"]: n for n in via_follower["nodes"]}
+    assert set(by_name) == {"n1", "n2", "n3"}
+    assert by_name[leader]["role"] == "leader"
+    assert all(n["in_sync"] and n["lag_bytes"] is not None for n in by_name.values())
+    assert by_name[follower.name]["amqp"] == f"127.0.0.1:{follower.amqp_port}"
+    out = subprocess.run(
+        [sys.executable, "-m", "mqbroker.ctl.cli", "--url",
+         f"http://127.0.0.1:{follower.http_port}", "cluster"],
+        capture_output=True, text=True, timeout=30, check=True).stdout
+    assert f"leader: {leader}" in out and "follower" in out
+    with urllib.request.urlopen(f"http://127.0.0.1:{follower.http_port}/metrics") as response:
+        metrics = response.read().decode()
+    assert f'mqbroker_cluster_in_sync{{node="{follower.name}"}} 1.0' in metrics
+    assert "mqbroker_cluster_replication_lag_bytes" in metrics
+
+
 def test_a_follower_cut_off_never_leads(nodes: list[ClusterNode]) -> None:
     """A follower stopped (SIGSTOP: its replication and lease-less campaign
     freeze) falls out of the in-sync set; when the leader then dies, the
@@ -152,3 +186,25 @@ def test_a_follower_cut_off_never_leads(nodes: list[ClusterNode]) -> None:
     ch = conn.channel()
     assert ch.queue_declare("after", passive=True).method.message_count == 50
     conn.close()
+
+
+def test_a_leader_that_loses_etcd_stops_serving(etcd_process: EtcdProcess, tmp_path: Path) -> None:
+    """Without etcd the leader cannot renew its lease: it exits (code 3)
+    within about a TTL rather than go on as a leader nobody elected."""
+    etcd = etcd_process
+    node = ClusterNode("solo", tmp_path / "solo", etcd.url, size=1)
+    try:
+        node.start()
+        wait_in_sync([node], {"solo"})
+        conn = pika.BlockingConnection(pika.URLParameters(node.amqp_url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("q", durable=True)
+        conn.close()
+        etcd.stop()
+        stopped = time.monotonic()
+        assert node.wait(timeout=20) == 3
+        assert time.monotonic() - stopped < 10
+    finally:
+        node.kill()
+        etcd.stop()
