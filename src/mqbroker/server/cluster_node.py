@@ -161,9 +161,7 @@ async def serve_node(
                 if http:
                     await standby.start(serve_proxy, http, lambda: view.leader_address("http"))
                 task_status.started(ServerInfo(config.host, amqp_port, http_port, None))  # type: ignore[arg-type]
-                term = await election.campaign(
-                    json.dumps(me).encode(), eligible=lambda: view.eligible
-                )
+                term = await _win(election, view, json.dumps(me).encode())
                 following.cancel()
         # The leader whose lease lapsed is gone: confirms need not wait for
         # it (the new ISR is committed to etcd before any confirm).
@@ -181,6 +179,26 @@ async def serve_node(
         await serve(leading, role=role)
     if election.lost.is_set():
         raise SystemExit(3)  # a supervisor restarts the node: a follower
+
+
+async def _win(election: Election, view: ClusterView, value: bytes) -> int:
+    """Campaign until elected while in sync. The view of the ISR may be a
+    poll old, so once the key is ours the ISR is read again (it cannot
+    change now: every ISR write is fenced by the leader key) and a node
+    that is not in it gives the key back (reliability.md, rule 7)."""
+    while True:
+        term = await election.campaign(value, eligible=lambda: view.eligible)
+        try:
+            isr = await election.read_isr()
+        except EtcdError:
+            await election.resign()
+            continue
+        if not isr or view.node in isr:
+            view.isr = isr
+            return term
+        log.warning("cluster.not_in_sync", node=view.node, isr=sorted(isr))
+        view.isr = isr
+        await election.resign()
 
 
 async def _register(client: EtcdClient, node: str, me: dict[str, Any]) -> None:
