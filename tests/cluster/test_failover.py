@@ -208,3 +208,59 @@ def test_a_leader_that_loses_etcd_stops_serving(etcd_process: EtcdProcess, tmp_p
     finally:
         node.kill()
         etcd.stop()
+
+
+def test_streams_and_group_offsets_survive_a_failover(nodes: list[ClusterNode]) -> None:
+    """Everything the leader stores is replicated: a stream's entries at
+    their offsets (segment bytes) and a consumer group's committed offset
+    (a store record)."""
+    status = cluster_status(nodes)
+    assert status is not None
+    leader = next(n for n in nodes if n.name == status["leader"])
+    rest = [n for n in nodes if n is not leader]
+    conn = _connect(rest, time.monotonic() + 30)
+    ch = conn.channel()
+    ch.queue_declare("events", durable=True, arguments={
+        "x-queue-type": "stream", "x-stream-max-segment-size-bytes": 10_000})
+    ch.confirm_delivery()
+    for i in range(200):
+        ch.basic_publish("", "events", b"e%d" % i)
+    ch.basic_qos(prefetch_count=50)
+    acked: list[int] = []
+
+    def on(c: object, m: object, p: pika.BasicProperties, b: bytes) -> None:
+        ch.basic_ack(m.delivery_tag)  # type: ignore[attr-defined]
+        acked.append(p.headers["x-stream-offset"])
+
+    tag = ch.basic_consume("events", on, arguments={"x-stream-group": "billing",
+                                                    "x-stream-offset": "first"})
+    deadline = time.monotonic() + 20
+    while len(acked) < 200 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    ch.basic_cancel(tag)
+    for i in range(200, 500):
+        ch.basic_publish("", "events", b"e%d" % i)
+    conn.close()
+    assert acked == list(range(200))
+    leader.kill()
+    status = wait_in_sync(rest, {n.name for n in rest}, timeout=30)
+    assert status["leader"] != leader.name
+    groups = rest[0].api("/api/stream-groups/%2F")
+    billing = [g for g in groups if g["group"] == "billing"]
+    assert billing and billing[0]["committed_offset"] == 200
+    conn = _connect(rest, time.monotonic() + 30)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=100)
+    got: list[int] = []
+
+    def on_again(c: object, m: object, p: pika.BasicProperties, b: bytes) -> None:
+        got.append(p.headers["x-stream-offset"])
+        assert b == b"e%d" % p.headers["x-stream-offset"]
+        ch.basic_ack(m.delivery_tag)  # type: ignore[attr-defined]
+
+    ch.basic_consume("events", on_again, arguments={"x-stream-group": "billing"})
+    deadline = time.monotonic() + 20
+    while len(got) < 300 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    conn.close()
+    assert got == list(range(200, 500))  # resumes at the committed offset
