@@ -159,3 +159,32 @@ async def test_a_late_follower_gets_a_snapshot_then_the_tail(tmp_path: Path) -> 
     expected = [b"job-%d" % i for i in range(200)] + [b"job-%d" % i for i in range(50)]
     assert jobs == expected
     assert [o for o, _ in events] == list(range(250))
+
+
+async def test_a_node_that_led_resyncs_from_a_snapshot(tmp_path: Path) -> None:
+    """Its segment files may hold bytes of a batch its store never
+    recorded (a crash between the log fsync and the store write), which
+    the new leader's records would never overwrite: a snapshot replaces
+    them, even when its position is in the new leader's history."""
+    from mqbroker.cluster.follower import led_marker
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    role = LocalRole(a, cluster_size=1)
+    async with trio.open_nursery() as nursery:
+        info = await _start_leader(nursery, role, a)
+        assert role.feed is not None and role.leader is not None
+        await trio.to_thread.run_sync(_publish, info.port, 20)
+        b.mkdir()
+        stale = b / "streams" / "%2F" / "events" / ("9".zfill(20) + ".seg")
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"never confirmed")
+        led_marker(b).write_text("3\n")
+        follower = Follower("b", b, "s3cret", Ring())
+        nursery.start_soon(follower.run, lambda: ("127.0.0.1", role.port))
+        with trio.fail_after(10):
+            while follower.position.lsn < role.leader.replicated.lsn:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    follower.close()
+    assert role.feed._snapshots == 1
+    assert not stale.exists() and not led_marker(b).exists()

@@ -38,6 +38,11 @@ SILENCE = 5.0
 RETRY = 0.5
 
 
+def led_marker(data_dir: Path) -> Path:
+    """Present while (and after) this node led: see ``Follower._resync``."""
+    return data_dir / "cluster-led"
+
+
 class Follower:
     def __init__(self, node: str, data_dir: Path, secret: str, ring: Ring) -> None:
         self.node = node
@@ -48,7 +53,11 @@ class Follower:
         self.position = read_position(dict(self.store.definitions("cluster")))
         self.connected_to: tuple[str, int] | None = None
         self.leader_lsn = 0
-        self._resync = False
+        # A node that led wrote segment bytes itself; if it died between a
+        # log fsync and the store write of that batch, its files hold bytes
+        # its store position does not cover, which no record of the new
+        # leader will overwrite: it starts over from a snapshot.
+        self._resync = led_marker(data_dir).exists()
 
     def close(self) -> None:
         self.store.close()
@@ -132,4 +141,5 @@ class Follower:
             raise GapError(f"snapshot at {self.position}, announced {position}")
         self.ring.clear()
         self._resync = False
+        led_marker(self.data_dir).unlink(missing_ok=True)
         log.info("cluster.snapshot_installed", position=position.as_list())

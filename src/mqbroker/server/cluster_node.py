@@ -14,6 +14,7 @@ group committer (server/app.py ``role``).
 from __future__ import annotations
 
 import json
+import os
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from mqbroker.broker.broker import Broker
 from mqbroker.cluster.election import Election
 from mqbroker.cluster.etcd import EtcdClient, EtcdError
 from mqbroker.cluster.feed import Feed
-from mqbroker.cluster.follower import Follower
+from mqbroker.cluster.follower import Follower, led_marker
 from mqbroker.cluster.leader import Leader
 from mqbroker.cluster.proxy import serve_proxy
 from mqbroker.cluster.records import read_position
@@ -81,6 +82,9 @@ class LeaderRole:
     def attach(self, broker: Broker, store: Store) -> Replicator:
         assert isinstance(store, LmdbStore) and self.config.data_dir is not None
         data_dir = Path(self.config.data_dir)
+        marker = led_marker(data_dir)
+        marker.write_text(f"{self.term}\n")
+        _fsync(marker)
 
         async def write_isr(members: set[str]) -> bool:
             return await self.election.write_isr(members, self.term)
@@ -179,6 +183,15 @@ async def serve_node(
         await serve(leading, role=role)
     if election.lost.is_set():
         raise SystemExit(3)  # a supervisor restarts the node: a follower
+
+
+def _fsync(path: Path) -> None:
+    for target in (path, path.parent):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 async def _win(election: Election, view: ClusterView, value: bytes) -> int:
