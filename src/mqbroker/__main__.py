@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--cluster-lease-ttl", type=int, help="leader lease in seconds (default 5)"
     )
+    cluster.add_argument(
+        "--cluster-advertise-host", help="address other nodes reach this one at"
+    )
     return parser
 
 
@@ -111,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cluster_secret=args.cluster_secret,
         cluster_prefix=args.cluster_prefix,
         cluster_lease_ttl_s=args.cluster_lease_ttl,
+        cluster_advertise_host=args.cluster_advertise_host,
     )
     if args.no_management:
         from dataclasses import replace

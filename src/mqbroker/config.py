@@ -120,6 +120,9 @@ class Config:
     cluster_prefix: str = "mqbroker/"  # etcd key prefix (one per cluster)
     cluster_lease_ttl_s: int = 5
     cluster_ack_timeout_s: float = 3.0
+    # the address other nodes reach this one at (default: --host, or the
+    # host name when listening on every interface)
+    cluster_advertise_host: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **values: Any) -> Config:

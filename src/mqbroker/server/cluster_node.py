@@ -35,6 +35,7 @@ from mqbroker.config import Config
 from mqbroker.log import get_logger
 from mqbroker.persistence import LmdbStore, Replicator, Store
 from mqbroker.server.app import ServerInfo, serve
+from mqbroker.server.tls import tls_enabled
 from mqbroker.streams.queue import StreamQueue
 
 log = get_logger("mqbroker.cluster")
@@ -146,11 +147,20 @@ async def serve_node(
     if config.management_port is not None:
         http = await trio.open_tcp_listeners(config.management_port, host=config.host)
         http_port = http[0].socket.getsockname()[1]
+    amqps: list[trio.SocketListener] = []
+    tls_port = None
+    if tls_enabled(config):  # relayed as bytes: TLS ends at the leader
+        amqps = await trio.open_tcp_listeners(config.tls_port, host=config.host)
+        tls_port = amqps[0].socket.getsockname()[1]
+    host = config.cluster_advertise_host or (
+        socket.gethostname() if config.host in ("0.0.0.0", "::", "") else config.host
+    )
     me = {
         "name": node,
-        "amqp": f"{config.host}:{amqp_port}",
-        "http": f"{config.host}:{http_port}" if http_port else None,
-        "repl": f"{config.host}:{config.cluster_port}",
+        "amqp": f"{host}:{amqp_port}",
+        "http": f"{host}:{http_port}" if http_port else None,
+        "amqps": f"{host}:{tls_port}" if tls_port else None,
+        "repl": f"{host}:{config.cluster_port}",
     }
     await _register(client, node, me)
     follower = Follower(node, Path(config.data_dir), config.cluster_secret, ring)
@@ -162,6 +172,8 @@ async def serve_node(
             async with trio.open_nursery() as standby:
                 standby.start_soon(follower.run, lambda: view.leader_address("repl"))
                 await standby.start(serve_proxy, amqp, lambda: view.leader_address("amqp"))
+                if amqps:
+                    await standby.start(serve_proxy, amqps, lambda: view.leader_address("amqps"))
                 if http:
                     await standby.start(serve_proxy, http, lambda: view.leader_address("http"))
                 task_status.started(ServerInfo(config.host, amqp_port, http_port, None))  # type: ignore[arg-type]
@@ -171,13 +183,14 @@ async def serve_node(
         # it (the new ISR is committed to etcd before any confirm).
         if view.last_leader not in (None, node):
             view.isr.discard(str(view.last_leader))
-        for listener in (*amqp, *http):
+        for listener in (*amqp, *http, *amqps):
             await listener.aclose()
         follower.close()
         log.info("cluster.leader", node=node, term=term)
         view.leader = me
         role = LeaderRole(config, view, election, term, ring)
-        leading = replace(config, port=amqp_port, management_port=http_port)
+        leading = replace(config, port=amqp_port, management_port=http_port,
+                          tls_port=tls_port or config.tls_port)
         nursery.start_soon(election.keep_alive)
         nursery.start_soon(_step_down_when_lost, election, nursery.cancel_scope)
         await serve(leading, role=role)
