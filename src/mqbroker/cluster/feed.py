@@ -91,6 +91,11 @@ class Feed:
         )
         try:
             link = self.leader.attach(name, position)
+            for _ in range(100):  # the copy may hold a batch not shipped yet
+                if link is not None or position.lsn <= self.leader.shipped.lsn:
+                    break
+                await trio.sleep(0.01)
+                link = self.leader.attach(name, position)
             if link is None:
                 return None
             log.info("cluster.snapshot", follower=name, position=position.as_list(), files=len(files))

@@ -11,8 +11,10 @@ that acknowledged the batch joins it the same way. So every ISR member
 holds every confirmed batch, and only ISR members may become leader.
 etcd unreachable: confirms stall, they are never sent early.
 
-One batch is replicated at a time (the group committer waits here), so
-the next batch grows meanwhile: one round trip per batch, not per message.
+Batches are shipped in write order as soon as they are durable here, and
+waited for in that order while the next ones are written and shipped (the
+group committer's pipeline): one round trip per batch, not per message,
+and the followers' fsyncs overlap the leader's next write.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Leader:
         self.term = term
         self.last_lsn = start.lsn  # the last record prepared
         self.replicated = start  # the last record confirmed to the cluster
+        self.shipped = start  # the last record sent to the followers
         self.ring = ring
         self.majority = cluster_size // 2 + 1
         self.isr = set(isr) | {node}
@@ -153,18 +156,23 @@ class Leader:
         pending.raw = encode(Record(self.term, pending.lsn, batch, ranges))
         pending.ranges = []
 
-    async def replicate(self, batch: WriteBatch) -> None:
+    def ship(self, batch: WriteBatch) -> None:
         pending = batch.replica
         assert isinstance(pending, _Pending) and pending.raw is not None
-        position = Position(self.term, pending.lsn)
-        self.ring.add(position, pending.raw)
+        self.shipped = Position(self.term, pending.lsn)
+        self.ring.add(self.shipped, pending.raw)
         frame = _frame_rec(pending.raw)
         for link in list(self.links.values()):
             link.offer(pending.lsn, frame)
+        batch.replica = pending.lsn
+
+    async def wait(self, batch: WriteBatch) -> None:
+        lsn = batch.replica
+        assert isinstance(lsn, int)
         batch.replica = None
         async with self._isr_lock:
-            await self._wait_for(pending.lsn)
-        self.replicated = position
+            await self._wait_for(lsn)
+        self.replicated = Position(self.term, lsn)
 
     async def maintain(self, interval: float = 0.5) -> None:
         """While no batch is being replicated: let followers that caught up
@@ -233,7 +241,7 @@ class Leader:
         it lacks queued, or None when the ring does not reach back (it
         needs a snapshot). Synchronous: nothing is replicated between
         reading the ring and registering the link."""
-        current = self.ring.last or self.replicated
+        current = self.ring.last or self.shipped
         if position == current:
             missing: list[bytes] = []
         else:

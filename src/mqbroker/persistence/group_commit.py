@@ -41,6 +41,10 @@ import trio
 from .errors import StoreFullError
 from .store import Replicator, Store, WriteBatch
 
+# Batches written locally and still being replicated, at most (each holds
+# its encoded record until its followers acknowledged it).
+REPLICATION_PIPELINE = 4
+
 
 def merge_batches(parts: Sequence[WriteBatch]) -> WriteBatch:
     """One batch with the effect of writing ``parts`` in order.
@@ -114,7 +118,32 @@ class GroupCommitter:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        task_status.started()
+        if self._replicator is None:
+            task_status.started()
+            await self._loop()
+            return
+        send, receive = trio.open_memory_channel[tuple[list[WriteBatch], int]](REPLICATION_PIPELINE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._replicate_in_order, self._replicator, receive)
+            task_status.started()
+            await self._loop(send)
+
+    async def _replicate_in_order(
+        self,
+        replicator: Replicator,
+        receive: trio.MemoryReceiveChannel[tuple[list[WriteBatch], int]],
+    ) -> None:
+        """A cluster's leader: batches written here are replicated in the
+        order they were written, and their confirms released in that order,
+        while the next batches are already being written (pipelining)."""
+        async for parts, epoch in receive:
+            for part in parts:
+                await replicator.wait(part)
+            self._on_committed(epoch)
+
+    async def _loop(
+        self, replicate: trio.MemorySendChannel[tuple[list[WriteBatch], int]] | None = None
+    ) -> None:
         parts: list[WriteBatch] = []  # taken, not yet durable
         self._unwritten = parts
         while True:
@@ -140,13 +169,16 @@ class GroupCommitter:
                     continue
                 for part in parts:
                     self._store.batch_done(part)
-                if self._replicator is not None:
-                    for part in parts:
-                        await self._replicator.replicate(part)
                 epoch = parts[-1].epoch
-                parts = []
+                written, parts = parts, []
                 self._unwritten = parts
-                self._on_committed(epoch)
+                if replicate is None or self._replicator is None:
+                    self._on_committed(epoch)
+                else:
+                    for part in written:
+                        self._replicator.ship(part)
+                    # waits when REPLICATION_PIPELINE batches are in flight
+                    await replicate.send((written, epoch))
             self._cycles_finished = cycle
             self._cycle_done.set()
             self._cycle_done = trio.Event()

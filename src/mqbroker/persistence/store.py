@@ -125,15 +125,19 @@ class Replicator(Protocol):
     ``prepare`` on the loop as the batch is taken (it may add records to
     it: they are written locally too), ``encode`` in the worker thread
     right after the local write (the log bytes of the batch are read
-    there, before retention can drop a segment), ``replicate`` on the loop
-    once the batch is durable here: it returns when enough followers made
-    it durable too, and only then are its confirms released."""
+    there, before retention can drop a segment), ``ship`` on the loop
+    once the batch is durable here (sends it, in write order), ``wait``
+    returns when enough followers made it durable too; only then are its
+    confirms released. Batches are waited for in the order shipped, while
+    the next ones are already written and shipped (a pipeline)."""
 
     def prepare(self, batch: WriteBatch) -> None: ...
 
     def encode(self, batch: WriteBatch) -> None: ...
 
-    async def replicate(self, batch: WriteBatch) -> None: ...
+    def ship(self, batch: WriteBatch) -> None: ...
+
+    async def wait(self, batch: WriteBatch) -> None: ...
 
 
 class Store(Protocol):
