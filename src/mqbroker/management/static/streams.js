@@ -135,7 +135,8 @@ function renderGroups(filter, hit) {
     }
   }
   $("groups-table").tBodies[0].replaceChildren(...rows);
-  $("group-count").textContent = `${groups.size} of ${new Set((state.groups || []).map((g) => g.vhost + "\u0000" + g.group)).size} group${groups.size === 1 ? "" : "s"}`;
+  const all = new Set((state.groups || []).map((g) => g.vhost + "\u0000" + g.group)).size;
+  $("group-count").textContent = `${groups.size} of ${all} group${all === 1 ? "" : "s"}`;
 }
 
 $("stream-filter").addEventListener("input", () => { if (state.streams) renderStreams(); });
