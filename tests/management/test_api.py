@@ -477,3 +477,16 @@ def test_authorization_by_tags_and_permissions(mgmt: Mgmt) -> None:
         assert mgr.get("/api/queues/%2F/secret").json()["name"] == "secret"
         assert [q["name"] for q in mgr.get("/api/queues").json()] == ["secret"]
         assert mgr.put("/api/queues/%2F/made-by-mgr", json={}).status_code == 201
+
+
+def test_dashboard_and_its_scripts_are_served(mgmt: Mgmt) -> None:
+    page = httpx.get(mgmt.base_url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="static/streams.js">' in page.text
+    script = httpx.get(mgmt.base_url + "/static/streams.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "function renderStreams" in script.text
+    # only the page's own scripts: nothing else under static/, no path walks
+    for path in ("/static/index.html", "/static/nope.js", "/static/..%2Fhttp.py", "/static/%2E%2E%2Fweb.py"):
+        assert httpx.get(mgmt.base_url + path).status_code == 404, path

@@ -68,14 +68,26 @@ def build_app(mgmt: Management) -> ASGIApp:
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(stats), media_type=metrics.CONTENT_TYPE)
 
-    dashboard_html = (
-        resources.files("mqbroker.management").joinpath("static/index.html").read_bytes()
-    )
+    static = resources.files("mqbroker.management").joinpath("static")
+    dashboard_html = static.joinpath("index.html").read_bytes()
+    # The page's scripts beside it (static/*.js), read once like the page;
+    # only these names are served, so no path ever reaches the filesystem.
+    scripts = {f.name: f.read_bytes() for f in static.iterdir() if f.name.endswith(".js")}
 
     async def dashboard(request: Request) -> Response:
         return Response(
             dashboard_html,
             media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def script(request: Request) -> Response:
+        body = scripts.get(request.path_params["name"])
+        if body is None:
+            raise not_found()
+        return Response(
+            body,
+            media_type="text/javascript; charset=utf-8",
             headers={"Cache-Control": "no-cache"},
         )
 
@@ -86,6 +98,7 @@ def build_app(mgmt: Management) -> ASGIApp:
     routes.append(Route("/metrics", prometheus, methods=["GET"]))
     routes.append(Route("/", dashboard, methods=["GET"]))
     routes.append(Route("/index.html", dashboard, methods=["GET"]))
+    routes.append(Route("/static/{name}", script, methods=["GET"]))
     routes.append(Route("/api/{rest:path}", api_not_found))
 
     async def http_error(request: Request, exc: Exception) -> Response:
