@@ -35,15 +35,17 @@ entries = st.one_of(st.none(), st.builds(
         st.none(), st.dictionaries(names, st.integers(-2**63, 2**63 - 1) | names, max_size=3)), max_size=4),
     dropped=st.sets(names, max_size=3),
     ranges=st.lists(st.tuples(names, st.integers(0, 2**40), st.binary(max_size=30)), max_size=3),
+    floors=st.lists(st.tuples(names, st.integers(0, 2**60)), max_size=3),
 )
 def test_a_record_round_trips(term: int, lsn: int, msgs: dict, ents: dict, defs: dict,
-                              dropped: set[str], ranges: list) -> None:
+                              dropped: set[str], ranges: list, floors: list) -> None:
     batch = WriteBatch(epoch=3, messages=msgs, definitions=defs, dropped_queues=dropped)
     for (queue, seq), entry in ents.items():
         if entry is not None:
             entry.seq = seq
         batch.entries[(queue, seq)] = entry
-    record = Record(term, lsn, batch, [LogRange(p, s, s + len(d), d) for p, s, d in ranges])
+    record = Record(term, lsn, batch, [LogRange(p, s, s + len(d), d) for p, s, d in ranges],
+                    floors)
     back = decode(encode(record))
     assert (back.term, back.lsn) == (term, lsn)
     assert back.batch.messages == msgs
@@ -51,6 +53,7 @@ def test_a_record_round_trips(term: int, lsn: int, msgs: dict, ents: dict, defs:
     assert back.batch.definitions == defs
     assert back.batch.dropped_queues == dropped
     assert back.ranges == record.ranges
+    assert back.floors == floors
 
 
 def test_the_ring_finds_positions_of_its_own_history_only() -> None:

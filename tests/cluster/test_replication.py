@@ -188,3 +188,35 @@ async def test_a_node_that_led_resyncs_from_a_snapshot(tmp_path: Path) -> None:
     follower.close()
     assert role.feed._snapshots == 1
     assert not stale.exists() and not led_marker(b).exists()
+
+
+async def test_followers_drop_the_segments_retention_dropped(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    role = LocalRole(a, cluster_size=2)
+    async with trio.open_nursery() as nursery:
+        info = await _start_leader(nursery, role, a)
+        assert role.leader is not None
+        follower = Follower("b", b, "s3cret", Ring())
+        nursery.start_soon(follower.run, lambda: ("127.0.0.1", role.port))
+
+        def publish() -> None:
+            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", info.port))
+            ch = conn.channel()
+            ch.queue_declare("capped", durable=True, arguments={
+                "x-queue-type": "stream", "x-max-length-bytes": 6000,
+                "x-stream-max-segment-size-bytes": 2000})
+            ch.confirm_delivery()
+            for i in range(300):
+                ch.basic_publish("", "capped", b"entry-%04d" % i + b"." * 40)
+            conn.close()
+
+        await trio.to_thread.run_sync(publish)
+        nursery.cancel_scope.cancel()
+    follower.close()
+    rel = Path("streams") / "%2F" / "capped"
+    leader_segments = sorted(p.name for p in (a / rel).glob("*.seg"))
+    follower_segments = sorted(p.name for p in (b / rel).glob("*.seg"))
+    assert len(leader_segments) <= 5  # retention ran on the leader
+    # the follower holds what the leader held one batch ago, no older segment
+    assert set(follower_segments) >= set(leader_segments[1:])
+    assert len(follower_segments) <= len(leader_segments) + 1

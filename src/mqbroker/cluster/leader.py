@@ -60,6 +60,7 @@ class NotLeader(Exception):
 class _Pending:
     lsn: int
     ranges: list[LogRange]
+    floors: list[tuple[str, int]]
     raw: bytes | None = None
 
 
@@ -146,14 +147,16 @@ class Leader:
     def prepare(self, batch: WriteBatch) -> None:
         self.last_lsn += 1
         batch.definitions[POSITION] = {"term": self.term, "lsn": self.last_lsn}
-        batch.replica = _Pending(self.last_lsn, self.capture.capture(batch))
+        batch.replica = _Pending(
+            self.last_lsn, self.capture.capture(batch), self.capture.floors(batch)
+        )
 
     def encode(self, batch: WriteBatch) -> None:
         pending = batch.replica
         if not isinstance(pending, _Pending) or pending.raw is not None:
             return
         ranges = read_ranges(self.data_dir, pending.ranges)
-        pending.raw = encode(Record(self.term, pending.lsn, batch, ranges))
+        pending.raw = encode(Record(self.term, pending.lsn, batch, ranges, pending.floors))
         pending.ranges = []
 
     def ship(self, batch: WriteBatch) -> None:

@@ -62,6 +62,9 @@ class Record:
     lsn: int
     batch: WriteBatch
     ranges: list[LogRange] = field(default_factory=list)
+    # (stream dir, its first segment's first offset) for the logs of the
+    # batch: followers drop the segments retention dropped on the leader
+    floors: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def position(self) -> Position:
@@ -104,6 +107,14 @@ class LogCapture:
                     self._shipped[rel] = end
         return ranges
 
+    def floors(self, batch: WriteBatch) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        for owner, _ in batch.log_marks:
+            log = owner.log if isinstance(owner, StreamQueue) else owner
+            if isinstance(log, StreamLog) and log.segments:
+                found.append((self._rel(log.directory), log.segments[0].first_offset))
+        return found
+
     def forget(self, rel: str) -> None:
         self._shipped.pop(rel, None)
 
@@ -143,6 +154,7 @@ def encode(record: Record) -> bytes:
             [[k, n, r] for (k, n), r in batch.definitions.items()],
             sorted(batch.dropped_queues),
             [[r.path, r.start, r.data] for r in record.ranges],
+            [[d, first] for d, first in record.floors],
         ],
         use_bin_type=True,
     )
@@ -150,7 +162,7 @@ def encode(record: Record) -> bytes:
 
 
 def decode(raw: bytes) -> Record:
-    term, lsn, messages, entries, definitions, dropped, ranges = msgpack.unpackb(
+    term, lsn, messages, entries, definitions, dropped, ranges, floors = msgpack.unpackb(
         raw, raw=False, strict_map_key=False
     )
     batch = WriteBatch(epoch=0)
@@ -163,7 +175,10 @@ def decode(raw: bytes) -> Record:
     for kind, name, record in definitions:
         batch.definitions[(kind, name)] = record
     batch.dropped_queues = set(dropped)
-    return Record(term, lsn, batch, [LogRange(p, s, s + len(d), d) for p, s, d in ranges])
+    return Record(
+        term, lsn, batch, [LogRange(p, s, s + len(d), d) for p, s, d in ranges],
+        [(d, first) for d, first in floors],
+    )
 
 
 # ------------------------------------------------------------ follower side
@@ -198,6 +213,8 @@ def apply_ranges(data_dir: Path, record: Record) -> None:
         finally:
             os.close(fd)
         new_dirs.add(path.parent)
+    for rel, first in record.floors:
+        _drop_below(data_dir / rel, first)
     for directory in new_dirs:
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -218,6 +235,15 @@ def _remove_stream_dir(data_dir: Path, key: str) -> None:
     if store_key(vhost, name) != key:
         return
     shutil.rmtree(stream_dir(data_dir, vhost, name), ignore_errors=True)
+
+
+def _drop_below(directory: Path, first: int) -> None:
+    """Retention on the leader dropped every segment below ``first``."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        if path.suffix in (".seg", ".idx") and path.stem.isdigit() and int(path.stem) < first:
+            path.unlink(missing_ok=True)
 
 
 def _clear_log_dir(directory: Path) -> None:
