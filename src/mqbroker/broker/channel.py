@@ -12,6 +12,7 @@ methods, never into its buffer directly.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
@@ -22,6 +23,7 @@ from mqbroker.broker.confirms import Confirms
 from mqbroker.model.headers import with_header
 from mqbroker.model.message import Message
 from mqbroker.protocol import codec
+from mqbroker.protocol.batch import Record
 from mqbroker.protocol.table import Typed
 from mqbroker.queues.queue import Queue, QueueEntry
 
@@ -79,8 +81,25 @@ class Consumer:
             return False
         return True
 
+    def credit(self) -> int:
+        """How many deliveries it may take now (``has_credit`` as a count,
+        for queues that hand over a block at once)."""
+        channel = self.channel
+        if not channel.session.writable or not channel.active:
+            return 0
+        room = 1 << 20
+        if not self.no_ack:
+            if self.prefetch:
+                room = self.prefetch - self.unacked
+            if channel.global_prefetch:
+                room = min(room, channel.global_prefetch - channel.unacked_count())
+        return max(room, 0)
+
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         self.channel.deliver(self, queue, entry)
+
+    def deliver_records(self, queue: Queue, records: Sequence[Record]) -> None:
+        self.channel.deliver_records(self, queue, records)
 
     def cancelled_by_server(self) -> None:
         """Its queue was deleted: forget it, and tell a client that asked
@@ -182,6 +201,26 @@ class Channel:
             self.unacked[tag] = Delivery(queue, entry, consumer, session.broker.clock())
             if entry.persisted and not entry.redelivered:
                 queue.delivered_once(entry)
+        session.output_ready()
+
+    def deliver_records(self, consumer: Consumer, queue: Queue, records: Sequence[Record]) -> None:
+        """A block of stored deliveries (a stream's), written in one pass;
+        each is tracked like any other (entry = its offset, message read
+        back from the queue only if someone browses it)."""
+        tag = self.next_tag
+        self.next_tag = tag + len(records)
+        session = self.session
+        session.conn.send_deliveries(self.id, consumer.prefix, tag, records)
+        if consumer.no_ack:
+            for offset, _suffix, _props, body in records:
+                queue.settle(QueueEntry(offset, 0, len(body), None))
+        else:
+            at = session.broker.clock()
+            unacked = self.unacked
+            for offset, _suffix, _props, body in records:
+                unacked[tag] = Delivery(queue, QueueEntry(offset, 0, len(body), None), consumer, at)
+                tag += 1
+            consumer.unacked += len(records)
         session.output_ready()
 
     def deliver_direct(self, consumer_tag: str, message: Message) -> None:

@@ -17,13 +17,14 @@ vhost, what a method means) comes out as an event.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, cast
 
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
-from mqbroker.protocol import codec
+from mqbroker.protocol import batch, codec
 from mqbroker.protocol.channel_state import BIG_BODY, ChannelState
 from mqbroker.protocol.events import (
     BadProtocolHeader,
@@ -496,6 +497,24 @@ class ServerConnection:
         ):
             self.add_body(body)
             self.out += codec.FRAME_END_BYTE
+
+    def send_deliveries(
+        self, channel: int, prefix: bytes, first_tag: int, records: Sequence[batch.Record]
+    ) -> None:
+        """One basic.deliver + content per record, tags from ``first_tag``
+        on (``batch.write_deliveries``; what it cannot inline goes through
+        ``send_delivery``)."""
+        i, end = 0, len(records)
+        while i < end:
+            i = batch.write_deliveries(
+                self.out, channel, prefix, first_tag + i, records, i, self.frame_max
+            )
+            if i < end:
+                _offset, suffix, props, body = records[i]
+                self.send_delivery(
+                    channel, prefix, first_tag + i, False, suffix, bytes(props), bytes(body)
+                )
+                i += 1
 
     def add_body(self, body: bytes) -> None:
         """Queue a large body after what ``out`` holds, without copying

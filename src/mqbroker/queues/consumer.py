@@ -8,7 +8,10 @@ these members and imports nothing of the broker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
+
+from mqbroker.protocol.batch import Record
 
 if TYPE_CHECKING:
     from mqbroker.queues.queue import Queue, QueueEntry
@@ -27,6 +30,15 @@ class Consumer(Protocol):
 
     def deliver(self, queue: Queue, entry: QueueEntry) -> None:
         """Send ``entry`` (already taken from the ready list)."""
+
+    def credit(self) -> int:
+        """How many deliveries it may take now (0 when ``has_credit`` is
+        false)."""
+
+    def deliver_records(self, queue: Queue, records: Sequence[Record]) -> None:
+        """Send stored deliveries in one pass: (offset, basic.deliver's
+        exchange + routing key fields, raw properties, body) each, at most
+        ``credit()`` of them (a stream's block of entries)."""
 
     def cancelled_by_server(self) -> None:
         """The queue is gone: the consumer ends (``basic.cancel``)."""

@@ -18,9 +18,9 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from mqbroker.log import get_logger
+from mqbroker.streams.reader import Entry, LogReader
 from mqbroker.streams.segment import HEADER, Segment, encode_entry
 
 _log = get_logger(__name__)
@@ -31,11 +31,6 @@ WRITE_BUFFER_BYTES = 1 << 20
 DEFAULT_SEGMENT_BYTES = 500_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    offset: int
-    timestamp_ms: int
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,62 +304,3 @@ def _scan(segment: Segment, offset: int, position: int, limit: int) -> Iterator[
             payload = fh.read(length)
             yield Entry(entry_offset, ts, payload)
             offset = entry_offset + 1
-
-
-class LogReader:
-    """A consumer's position in the log: reads committed entries in order
-    with one open file, crossing segments; never holds more than a batch."""
-
-    def __init__(self, log: StreamLog, offset: int) -> None:
-        self.log = log
-        self.offset = max(offset, log.first_offset)
-        self._fh: BinaryIO | None = None
-        self._segment: Segment | None = None
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        self._fh = None
-        self._segment = None
-
-    def _position(self) -> bool:
-        """Open the segment holding ``self.offset`` at its entry."""
-        log = self.log
-        if self.offset < log.first_offset:  # retention passed us by
-            self.offset = log.first_offset
-        segment = log.segment_for(self.offset)
-        if segment is None:
-            return False
-        self.close()
-        fh = open(segment.path, "rb", buffering=256 * 1024)  # noqa: SIM115
-        offset, position = segment.seek_point(self.offset)
-        fh.seek(position)
-        while offset < self.offset:  # skip to the wanted entry
-            length = HEADER.unpack(fh.read(HEADER.size))[0]
-            fh.seek(length, os.SEEK_CUR)
-            offset += 1
-        self._fh, self._segment = fh, segment
-        return True
-
-    def read(self, max_entries: int = 256, max_bytes: int = 1 << 20) -> list[Entry]:
-        """Up to ``max_entries`` committed entries from the position on."""
-        out: list[Entry] = []
-        size = 0
-        limit = self.log.committed_next
-        if self.offset < self.log.first_offset:
-            self._segment = None  # retention passed us by: reposition
-        while len(out) < max_entries and size < max_bytes and self.offset < limit:
-            segment = self._segment
-            if segment is None or self.offset >= segment.next_offset:
-                if not self._position():
-                    break
-                segment = self._segment
-            fh = self._fh
-            assert fh is not None
-            head = fh.read(HEADER.size)
-            length, _crc, offset, ts = HEADER.unpack(head)
-            payload = fh.read(length)
-            out.append(Entry(offset, ts, payload))
-            size += HEADER.size + length
-            self.offset = offset + 1
-        return out

@@ -26,15 +26,30 @@ from mqbroker import errors
 from mqbroker.model.headers import HeaderStamp, with_header
 from mqbroker.model.message import Message
 from mqbroker.persistence.store import Store
+from mqbroker.protocol.batch import Record
 from mqbroker.queues.consumer import Consumer
 from mqbroker.queues.queue import Queue, QueueEntry
 from mqbroker.queues.settings import QueueSettings
 from mqbroker.streams import arguments as sargs
 from mqbroker.streams.groups import GroupEntry, GroupRegistry, PartitionState
-from mqbroker.streams.log import CommitMark, Entry, LogReader, StreamLog
+from mqbroker.streams.log import CommitMark, StreamLog
+from mqbroker.streams.reader import Entry, LogReader
 
 _HEAD = struct.Struct(">BBHI")  # exchange, routing key, filter, properties lengths
 READ_AHEAD = 128  # entries a cursor holds at most
+BLOCK_ENTRIES = 256  # entries a plain consumer is handed per block
+
+# raw exchange + routing key of a record -> basic.deliver's two shortstr
+# fields; bounded like codec.route_suffix's cache
+_SUFFIXES: dict[bytes, bytes] = {}
+
+
+def _route_suffix(route: bytes, elen: int) -> bytes:
+    if len(_SUFFIXES) >= 4096:
+        _SUFFIXES.clear()
+    suffix = bytes((elen,)) + route[:elen] + bytes((len(route) - elen,)) + route[elen:]
+    _SUFFIXES[route] = suffix
+    return suffix
 
 
 # Deliveries carry their offset: stamped into the properties at publish,
@@ -226,7 +241,10 @@ class StreamQueue(Queue):
 
     def dispatch(self, now_ms: int) -> None:
         for consumer, cursor in list(self.cursors.items()):
-            self._feed(consumer, cursor, None)
+            if cursor.filter is None and not cursor.ahead:
+                self._feed_plain(consumer, cursor)
+            else:
+                self._feed(consumer, cursor, None)
         for state in self.group_states:
             if state.owner is not None and state.cursor is not None:
                 self._feed(state.owner, state.cursor, state)
@@ -252,6 +270,49 @@ class StreamQueue(Queue):
             delivery.state, delivery.generation = state, state.generation
             state.delivered(entry.offset)
             consumer.deliver(self, delivery)
+
+    def _feed_plain(self, consumer: Consumer, cursor: Cursor) -> None:
+        """A consumer with no filter and no group: blocks of entries,
+        sliced out of one read each, handed over in one call."""
+        reader = cursor.reader
+        unpack = _HEAD.unpack_from
+        suffixes = _SUFFIXES
+        while True:
+            room = consumer.credit()
+            if room <= 0:
+                return
+            data, spans = reader.read_block(min(room, BLOCK_ENTRIES))
+            if not spans:
+                return
+            view = memoryview(data)
+            records: list[Record] = []
+            for offset, start, length in spans:
+                elen, klen, flen, plen = unpack(data, start)
+                pos = start + _HEAD.size
+                route = data[pos : pos + elen + klen]
+                suffix = suffixes.get(route)
+                if suffix is None or suffix[0] != elen:
+                    suffix = _route_suffix(route, elen)
+                pos += elen + klen + (flen - 1 if flen else 0)
+                records.append((offset, suffix, view[pos : pos + plen], view[pos + plen : start + length]))
+            self.unacked += len(records)
+            self.delivered += len(records)
+            consumer.deliver_records(self, records)
+
+    def message_of(self, entry: QueueEntry) -> Message:
+        """A delivery handed over as a record (``_feed_plain``) carries no
+        message: read it back from the log (browsing unacked deliveries)."""
+        if entry.message is not None:
+            return entry.message
+        reader = self.log.reader(entry.seq)
+        try:
+            found = reader.read(1)
+        finally:
+            reader.close()
+        if not found or found[0].offset != entry.seq:  # retention dropped it
+            return Message(0, "", "", b"\x00\x00", b"")
+        exchange, key, _value, props, body = decode_record(found[0].payload)
+        return Message(0, exchange, key, props, body)
 
     def settle(self, entry: QueueEntry) -> None:
         self.unacked -= 1
