@@ -252,8 +252,9 @@ class Publisher:
         written = 0
         for queue in queues:
             accepted, wrote = queue.offer(message, now, ttl)
-            durable |= wrote
-            written += wrote
+            if wrote:
+                durable = True
+                written += queue.early_confirms
             if accepted:
                 if names is not None:
                     names.append(queue.name)
@@ -317,7 +318,7 @@ class Publisher:
                 broker.request_commit()
             if refused:
                 confirms.nack()
-            elif durable and written:
+            elif durable:
                 confirms.add(broker.write_epoch, msg_id, written)
             else:
                 confirms.add(0)

@@ -220,10 +220,15 @@ class HeaderStamp:
         ) - 8
         return stamped[:cut], stamped[cut + 8 :]
 
-    def stamp(self, raw: bytes, value: int) -> bytes:
+    def parts(self, raw: bytes) -> tuple[bytes, bytes]:
+        """The stamped properties before and after the 8 value bytes."""
         parts = self.cache.get(raw)
         if parts is None:
             if len(self.cache) >= self.cache_size:
                 self.cache.clear()
             parts = self.cache[raw] = self._template(raw)
-        return parts[0] + value.to_bytes(8, "big", signed=True) + parts[1]
+        return parts
+
+    def stamp(self, raw: bytes, value: int) -> bytes:
+        before, after = self.parts(raw)
+        return before + value.to_bytes(8, "big", signed=True) + after

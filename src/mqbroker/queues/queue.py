@@ -101,6 +101,10 @@ class Queue:
     # Whether a publish should trigger a dispatch pass (a stream's new
     # entries only become readable once committed).
     dispatch_on_offer = True
+    # 1: a durable offer writes a store entry whose ack may confirm the
+    # publish before the commit (confirms.py's early confirms); 0 for a
+    # queue type whose entries are readable only once committed.
+    early_confirms = 1
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mqbroker.log import get_logger
 from mqbroker.streams.reader import Entry, LogReader
-from mqbroker.streams.segment import HEADER, Segment, encode_entry
+from mqbroker.streams.segment import HEADER, Segment, write_entry
 
 _log = get_logger(__name__)
 
@@ -133,7 +133,7 @@ class StreamLog:
         tail = self.segments[-1]
         offset = tail.next_offset
         tail.note(offset, tail.size, timestamp_ms)
-        self._pending += encode_entry(offset, timestamp_ms, payload)
+        write_entry(self._pending, offset, timestamp_ms, payload)
         tail.size += size
         tail.next_offset = offset + 1
         if len(self._pending) >= WRITE_BUFFER_BYTES:

@@ -99,6 +99,7 @@ class StreamQueue(Queue):
     # New entries are readable only once committed (``committed`` wakes
     # the consumers), so a publish does not make the stream dirty.
     dispatch_on_offer = False
+    early_confirms = 0
 
     def __init__(
         self,
@@ -122,6 +123,8 @@ class StreamQueue(Queue):
         # Set by the broker: new entries became readable (dispatch us).
         self.on_ready: Callable[[Queue], None] = lambda q: None
         self._rolled = False
+        self._in_batch = False  # added to the store's current batch
+        self._templates: dict[tuple[str, str, bytes, str | None], tuple[bytes, bytes]] = {}
         # consumer groups reading this stream (streams/groups.py)
         self.groups: GroupRegistry | None = None
         self.group_states: list[PartitionState] = []
@@ -150,21 +153,46 @@ class StreamQueue(Queue):
         self, message: Message, now_ms: int, ttl_ms: int | None = None
     ) -> tuple[bool, bool]:
         value = None
-        if FILTER_KEY in message.properties_raw:  # decode only when it can be there
-            value = (message.headers or {}).get("x-stream-filter-value")
-            if isinstance(value, bytes | bytearray):
-                value = bytes(value).decode("utf-8", "replace")
-        props = STAMP.stamp(message.properties_raw, self.log.next_offset)
-        _, rolled = self.log.append(
-            encode_record(message, value if isinstance(value, str) else None, props), now_ms
+        raw = message.properties_raw
+        if FILTER_KEY in raw:  # decode only when it can be there
+            found = (message.headers or {}).get("x-stream-filter-value")
+            if isinstance(found, bytes | bytearray):
+                found = bytes(found).decode("utf-8", "replace")
+            value = found if isinstance(found, str) else None
+        key = (message.exchange, message.routing_key, raw, value)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key)
+        log = self.log
+        # the record with x-stream-offset stamped into its properties
+        payload = b"".join(
+            (template[0], log.next_offset.to_bytes(8, "big", signed=True), template[1], message.body)
         )
-        self._rolled |= rolled
-        self.store.add_log(self)
+        if log.append(payload, now_ms)[1]:
+            self._rolled = True
+        if not self._in_batch:  # once per store batch (commit_mark resets)
+            self._in_batch = True
+            self.store.add_log(self)
         self.published += 1
         return True, True
 
+    def _template(self, key: tuple[str, str, bytes, str | None]) -> tuple[bytes, bytes]:
+        """A record's bytes before and after the stamped offset, for one
+        (exchange, routing key, properties, filter value): publishers send
+        the same ones again and again."""
+        exchange, routing_key, raw, value = key
+        before, after = STAMP.parts(raw)
+        head = encode_record(Message(0, exchange, routing_key, before, b""), value, before)
+        elen, klen, flen, _ = _HEAD.unpack_from(head)
+        head = _HEAD.pack(elen, klen, flen, len(before) + 8 + len(after)) + head[_HEAD.size :]
+        if len(self._templates) >= 64:
+            self._templates.clear()
+        template = self._templates[key] = (head, after)
+        return template
+
     # LogSync: the store commits our log with its batch.
     def commit_mark(self) -> CommitMark:
+        self._in_batch = False
         return self.log.commit_mark()
 
     def sync(self, mark: CommitMark) -> None:

@@ -29,10 +29,17 @@ INDEX_INTERVAL = 64 * 1024
 TAIL_VERIFY_BYTES = 4 << 20
 
 
-def encode_entry(offset: int, timestamp_ms: int, payload: bytes) -> bytes:
-    rest = struct.pack(">QQ", offset, timestamp_ms)
-    crc = zlib.crc32(payload, zlib.crc32(rest))
-    return struct.pack(">II", len(payload), crc) + rest + payload
+_REST = struct.Struct(">QQ")  # the part of the header the CRC covers
+_LENGTH_CRC = struct.Struct(">II")
+
+
+def write_entry(out: bytearray, offset: int, timestamp_ms: int, payload: bytes) -> None:
+    """Append one entry (header + payload) to ``out``, copying the
+    payload once (the append hot path)."""
+    rest = _REST.pack(offset, timestamp_ms)
+    out += _LENGTH_CRC.pack(len(payload), zlib.crc32(payload, zlib.crc32(rest)))
+    out += rest
+    out += payload
 
 
 def segment_name(first_offset: int) -> str:
