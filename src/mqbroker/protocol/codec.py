@@ -19,7 +19,6 @@ the publisher sent, so an unchanged message goes out without re-encoding.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 from pamqp import commands, decode
@@ -28,31 +27,31 @@ from pamqp import frame as pamqp_frame
 from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
+from mqbroker.protocol.framing import (
+    _CONTENT_HEAD,
+    _HEADER,
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_END_BYTE,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_MIN_SIZE,
+    FRAME_OVERHEAD,
+    FrameReader,
+    iter_frames,
+)
 from mqbroker.protocol.table import mark_typed_arrays
 
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
-FRAME_HEARTBEAT = 8
-FRAME_END = 0xCE
-FRAME_END_BYTE = b"\xce"
-FRAME_OVERHEAD = 8  # 7-byte header + frame-end octet
-FRAME_MIN_SIZE = 4096
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
-_HEADER = struct.Struct(">BHI")
 _METHOD_ID = struct.Struct(">HH")
 _CONTENT_HEADER = struct.Struct(">HHQ")
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _DELIVER_TAIL = struct.Struct(">QB")
-# basic.publish's method frame up to its ticket: type, channel, size,
-# class, method, ticket (13 bytes)
-_PUBLISH_HEAD = struct.Struct(">BHIHHH")
-# a content header frame up to its body size (19 bytes)
-_CONTENT_HEAD = struct.Struct(">BHIHHQ")
 # frame end of the frame before + the next frame's header (8 bytes)
 _END_HEADER = struct.Struct(">BBHI")
 # deliver's tail (delivery tag, redelivered) + its exchange/routing key,
@@ -61,157 +60,6 @@ _END_CONTENT_HEAD = struct.Struct(">BBHIHHQ")
 
 PUBLISH_INDEX = 0x003C0028
 ACK_INDEX = 0x003C0050
-
-
-class FrameReader:
-    """Splits a byte stream into (frame type, channel, payload) triples."""
-
-    __slots__ = ("_buf", "_pos", "frame_max")
-
-    def __init__(self, frame_max: int) -> None:
-        self._buf: bytes | bytearray = b""
-        self._pos = 0
-        self.frame_max = frame_max
-
-    def feed(self, data: bytes) -> None:
-        """Usually the buffer *is* the last read (no copy) or a small
-        leftover plus it: slices of ``bytes`` are one allocation where a
-        bytearray's are two, and every message takes three slices. A large
-        leftover (a big frame arriving in pieces) switches to a bytearray
-        that grows in place, so reassembly stays linear."""
-        buf, pos = self._buf, self._pos
-        left = len(buf) - pos
-        self._pos = 0
-        if not left:
-            self._buf = bytes(data)
-        elif isinstance(buf, bytearray):
-            del buf[:pos]
-            buf += data
-        elif left < 65536:
-            self._buf = buf[pos:] + data
-        else:
-            grown = bytearray(buf[pos:])
-            grown += data
-            self._buf = grown
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def take(self, n: int) -> bytes | None:
-        """Raw bytes (the protocol header), or None until n are buffered."""
-        if self.buffered < n:
-            return None
-        data = bytes(self._buf[self._pos : self._pos + n])
-        self._pos += n
-        return data
-
-    def next_frame(self) -> tuple[int, int, bytes] | None:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < 7:
-            if pos and pos == len(buf):
-                # all consumed: do not keep the last read (up to 256 KiB)
-                # alive while the connection sits idle
-                self._buf = b""
-                self._pos = 0
-            return None
-        ftype, channel, size = _HEADER.unpack_from(buf, pos)
-        if size + FRAME_OVERHEAD > self.frame_max:
-            raise errors.FrameError(
-                f"frame size {size + FRAME_OVERHEAD} exceeds frame_max "
-                f"{self.frame_max}"
-            )
-        end = pos + 7 + size
-        if len(buf) <= end:
-            return None
-        if buf[end] != FRAME_END:
-            raise errors.FrameError(
-                f"invalid frame end octet {buf[end]:#04x} (expected 0xce)"
-            )
-        payload = bytes(buf[pos + 7 : end])
-        self._pos = end + 1
-        return ftype, channel, payload
-
-    def next_publish(
-        self, max_body: int
-    ) -> tuple[int, str, str, int, bytes, bytes, int] | None:
-        """The hot path: basic.publish + content header + body, all three
-        whole in the buffer, decoded in one pass with no per-frame calls.
-
-        -> (channel, exchange, routing key, mandatory/immediate bits,
-        raw properties, body, end offset), or None whenever anything is
-        unusual (another frame, a partial or split body, a body over
-        ``max_body``, a malformed field); ``next_frame`` then takes the
-        general path, which reports errors. Nothing is consumed until the
-        caller calls ``consume(end)``, so it can still decline.
-        """
-        buf, pos = self._buf, self._pos
-        have = len(buf)
-        if have - pos < 39:  # smallest publish (17) + header (22) frames
-            return None
-        ftype, channel, size, class_id, method_id, _ = _PUBLISH_HEAD.unpack_from(buf, pos)
-        if ftype != FRAME_METHOD or class_id != 60 or method_id != 40:
-            return None
-        frame_max = self.frame_max
-        mend = pos + 7 + size
-        if size + FRAME_OVERHEAD > frame_max or mend + 20 > have or buf[mend] != FRAME_END:
-            return None
-        ex_start = pos + 14
-        rk_len_at = ex_start + buf[ex_start - 1]
-        if rk_len_at >= mend:
-            return None
-        rk_end = rk_len_at + 1 + buf[rk_len_at]
-        if rk_end + 1 != mend:
-            return None
-        hpos = mend + 1
-        htype, hchannel, hsize, hclass, _, body_size = _CONTENT_HEAD.unpack_from(buf, hpos)
-        if (
-            htype != FRAME_HEADER
-            or hchannel != channel
-            or hclass != 60
-            or hsize < 14
-            or hsize + FRAME_OVERHEAD > frame_max
-            or body_size > max_body
-            or body_size + FRAME_OVERHEAD > frame_max
-        ):
-            return None
-        hend = hpos + 7 + hsize
-        if hend >= have or buf[hend] != FRAME_END:
-            return None
-        if body_size:
-            bpos = hend + 1
-            if bpos + 7 + body_size >= have:
-                return None
-            btype, bchannel, bsize = _HEADER.unpack_from(buf, bpos)
-            end = bpos + 7 + bsize
-            if (
-                btype != FRAME_BODY
-                or bchannel != channel
-                or bsize != body_size
-                or buf[end] != FRAME_END
-            ):
-                return None
-            body = bytes(buf[bpos + 7 : end])
-        else:
-            end = hend
-            body = b""
-        try:
-            exchange = buf[ex_start:rk_len_at].decode()
-            routing_key = buf[rk_len_at + 1 : rk_end].decode()
-        except UnicodeDecodeError:
-            return None
-        return (
-            channel,
-            exchange,
-            routing_key,
-            buf[rk_end],
-            bytes(buf[hpos + 19 : hend]),
-            body,
-            end + 1,
-        )
-
-    def consume(self, end: int) -> None:
-        self._pos = end
 
 
 # --------------------------------------------------------------- decoding
@@ -550,13 +398,17 @@ def queue_declare_ok(
     return _frame(FRAME_METHOD, channel, payload)
 
 
-def iter_frames(reader: FrameReader) -> Iterator[tuple[int, int, bytes]]:
-    while (item := reader.next_frame()) is not None:
-        yield item
-
-
 __all__ = [
+    "FRAME_BODY",
+    "FRAME_END",
+    "FRAME_END_BYTE",
+    "FRAME_HEADER",
+    "FRAME_HEARTBEAT",
+    "FRAME_METHOD",
+    "FRAME_MIN_SIZE",
+    "FRAME_OVERHEAD",
     "FrameReader",
+    "iter_frames",
     "PROTOCOL_HEADER",
     "HEARTBEAT_FRAME",
     "decode_method",
