@@ -22,6 +22,7 @@ from mqbroker.protocol.events import (
     ChannelOpened,
     Event,
     OpenRequested,
+    PublishRun,
     StartOk,
 )
 from support.frames import (
@@ -58,6 +59,13 @@ def content_frames(
 
 def attrs(m: Any) -> dict[str, Any]:
     return dict(iter(m))
+
+
+def flatten(event: Event) -> list[Event]:
+    """A ``PublishRun`` as the single publishes it stands for."""
+    if isinstance(event, PublishRun):
+        return list(event.events())
+    return [event]
 
 
 def normalize(event: Event | None) -> Any:
@@ -113,7 +121,7 @@ class ClientPair:
             event = self.conn.next_event()
             if event is None:
                 return out
-            out.append(event)
+            out.extend(flatten(event))
         raise AssertionError(f"next_event() did not stop after {limit} events")
 
     def exchange(self, *chunks: bytes) -> list[Event]:
@@ -202,7 +210,7 @@ def run_stream(
     for chunk in chunks:
         pair.send(chunk)
         while (event := pair.next_event()) is not None:
-            events.append(normalize(event))
+            events.extend(normalize(e) for e in flatten(event))
             if isinstance(event, StartOk):
                 pair.conn.accept_auth()
             elif isinstance(event, OpenRequested):

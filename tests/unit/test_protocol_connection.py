@@ -20,6 +20,7 @@ from mqbroker.protocol.events import (
     ContentReceived,
     MethodReceived,
     OpenRequested,
+    PublishRun,
     StartOk,
 )
 from support.frames import (
@@ -1024,3 +1025,49 @@ def test_large_bodies_are_queued_in_order_without_a_copy() -> None:
     conn.send_raw(b"e")
     assert conn.data_to_send() == body + b"e"
     assert conn.output_size == 0
+
+
+def test_publishes_to_one_destination_come_as_one_run() -> None:
+    """Consecutive publishes whose method frames are identical (channel,
+    exchange, key, flags) are one PublishRun, in order; a different key,
+    channel or flag, or another frame between them, ends the run."""
+    pair = opened()
+    pair.open_channel(2)
+    data = b"".join(
+        [publish_frames(1, b"a%d" % i) for i in range(5)]
+        + [publish_frames(2, b"b0")]
+        + [method_frame(1, commands.Basic.Publish(routing_key="other")), content_header(1, 1),
+           content_body(1, b"c")]
+        + [publish_frames(1, b"d%d" % i) for i in range(3)]
+    )
+    pair.send(data)
+    events = []
+    while (event := pair.conn.next_event()) is not None:
+        events.append(event)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["PublishRun", "ContentReceived", "ContentReceived", "PublishRun"]
+    first, last = events[0], events[3]
+    assert isinstance(first, PublishRun) and isinstance(last, PublishRun)
+    assert [body for _props, body in first.items] == [b"a%d" % i for i in range(5)]
+    assert [body for _props, body in last.items] == [b"d%d" % i for i in range(3)]
+    assert events[2].routing_key == "other"  # type: ignore[union-attr]
+
+
+def test_a_run_stops_at_a_partial_message_and_resumes() -> None:
+    pair = opened()
+    data = b"".join(publish_frames(1, b"%03d" % i) for i in range(10))
+    cut = len(data) - 5  # the last body frame is incomplete
+    pair.send(data[:cut])
+    got = pair.events()
+    assert [e.body for e in got] == [b"%03d" % i for i in range(9)]  # type: ignore[union-attr]
+    got = pair.exchange(data[cut:])
+    assert [e.body for e in got] == [b"009"]  # type: ignore[union-attr]
+
+
+def test_runs_are_bounded() -> None:
+    from mqbroker.protocol.connection import PUBLISH_RUN_MAX
+
+    pair = opened()
+    pair.send(b"".join(publish_frames(1, b"x") for _ in range(PUBLISH_RUN_MAX + 3)))
+    first = pair.conn.next_event()
+    assert isinstance(first, PublishRun) and len(first.items) == PUBLISH_RUN_MAX

@@ -107,8 +107,10 @@ class Confirms:
         self.send = send
         self.enabled = False  # confirm.select was received
         self.next_seq = 1
-        # (publish seq, store epoch it waits for, msg id or 0), in order
-        self.pending: deque[tuple[int, int, int]] = deque()
+        # (last publish seq, store epoch it waits for, msg id or 0, first
+        # seq), in order; a run of publishes that wait for the same epoch
+        # is one item (``add_run``)
+        self.pending: deque[tuple[int, int, int, int]] = deque()
         # seqs consumed on every queue before their commit
         self.consumed_seqs: set[int] = set()
         # tx.commit-oks waiting for their epoch, in order
@@ -120,7 +122,7 @@ class Confirms:
         ``written`` (persisted entries) it may be confirmed early."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        self.pending.append((seq, epoch, msg_id))
+        self.pending.append((seq, epoch, msg_id, seq))
         hub = self.hub
         if epoch <= hub.committed_epoch:
             hub.ready.add(self)  # safe now: confirmed at the end of the pass
@@ -129,6 +131,22 @@ class Confirms:
             if msg_id and written:
                 hub.early[msg_id] = [self, seq, written]
         return seq
+
+    def add_run(self, epoch: int, count: int) -> None:
+        """Register ``count`` publishes that all wait for ``epoch`` (a run
+        whose entries cannot be confirmed early): one pending item."""
+        first = self.next_seq
+        self.next_seq = first + count
+        self.pending.append((first + count - 1, epoch, 0, first))
+        hub = self.hub
+        if epoch <= hub.committed_epoch:
+            hub.ready.add(self)
+        else:
+            hub.waiters.add(self)
+
+    @property
+    def unconfirmed(self) -> int:
+        return sum(last - first + 1 for last, _, _, first in self.pending)
 
     def nack(self) -> int:
         """A publish that failed (e.g. reject-publish overflow)."""
@@ -170,17 +188,17 @@ class Confirms:
         pending = self.pending
         consumed = self.consumed_seqs
         early = self.hub.early
-        last = 0
-        count = 0
+        last = first = 0
         while pending and (pending[0][1] <= committed or pending[0][0] in consumed):
-            last, _, msg_id = pending.popleft()
-            count += 1
+            last, _, msg_id, start = pending.popleft()
+            if not first:
+                first = start
             if consumed:
                 consumed.discard(last)
             if msg_id:
                 early.pop(msg_id, None)
-        if count and not self.closed:
-            self.send(commands.Basic.Ack(delivery_tag=last, multiple=count > 1))
+        if first and not self.closed:
+            self.send(commands.Basic.Ack(delivery_tag=last, multiple=last > first))
         tx_epochs = self.tx_epochs
         while tx_epochs and tx_epochs[0] <= committed:
             tx_epochs.popleft()
@@ -192,7 +210,7 @@ class Confirms:
         """The channel is gone: nothing more is confirmed."""
         self.closed = True
         early = self.hub.early
-        for _, _, msg_id in self.pending:
+        for _, _, msg_id, _ in self.pending:
             if msg_id:
                 early.pop(msg_id, None)
         self.pending.clear()

@@ -22,6 +22,7 @@ from mqbroker.broker import handshake
 from mqbroker.broker.channel import Channel, Consumer
 from mqbroker.broker.commands import Caller
 from mqbroker.broker.handlers import HANDLERS
+from mqbroker.broker.publish_run import publish_run
 from mqbroker.broker.vhost import VHost
 from mqbroker.model.message import Message
 from mqbroker.protocol.connection import ServerConnection, State
@@ -34,6 +35,7 @@ from mqbroker.protocol.events import (
     Event,
     MethodReceived,
     OpenRequested,
+    PublishRun,
     StartOk,
 )
 
@@ -95,6 +97,7 @@ class Session:
         next_event = conn.next_event
         channels = self.channels
         publish = self.broker.publish_event
+        publisher = self.broker.publisher
         while True:
             try:
                 event = next_event()
@@ -103,16 +106,20 @@ class Session:
                 continue
             if event is None:
                 break
-            if type(event) is ContentReceived:
+            kind = type(event)
+            if kind is ContentReceived or kind is PublishRun:
                 # The hot path, inlined from handle(): most events are
                 # publishes, and each saves a call and an isinstance chain.
-                chan = channels.get(event.channel)
+                chan = channels.get(event.channel)  # type: ignore[union-attr]
                 if chan is not None and not chan.tx:
                     self.published = True
                     try:
-                        publish(self, chan, event)
+                        if kind is ContentReceived:
+                            publish(self, chan, event)  # type: ignore[arg-type]
+                        else:
+                            publish_run(publisher, self, chan, event)  # type: ignore[arg-type]
                     except errors.AMQPError as exc:
-                        self.report(exc, event.channel)
+                        self.report(exc, event.channel)  # type: ignore[union-attr]
                     continue
             self.handle(event)
         if self.alarm is not None and self.published and not self.blocked:
@@ -160,6 +167,12 @@ class Session:
     def handle(self, event: Event) -> None:
         channel_id = getattr(event, "channel", 0)
         try:
+            if isinstance(event, PublishRun):  # one by one (tx, or no channel)
+                for i, single in enumerate(event.events()):
+                    if i and single.channel not in self.channels:
+                        break  # an earlier one closed the channel
+                    self.handle(single)
+                return
             if isinstance(event, ContentReceived):
                 self.published = True
                 chan = self.channels[event.channel]

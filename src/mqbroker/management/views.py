@@ -421,7 +421,7 @@ def channel_json(broker: Broker, session: Session, chan: Channel) -> dict[str, A
         },
         "consumer_count": len(chan.consumers),
         "messages_unacknowledged": len(chan.unacked),
-        "messages_unconfirmed": len(chan.confirms.pending),
+        "messages_unconfirmed": chan.confirms.unconfirmed,
         "messages_uncommitted": len(chan.tx_publishes),
         "acks_uncommitted": len(chan.tx_acks),
         "prefetch_count": chan.consumer_prefetch,

@@ -17,14 +17,13 @@ vhost, what a method means) comes out as an event.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from typing import Any, cast
 
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
 
 from mqbroker import errors
-from mqbroker.protocol import batch, codec
+from mqbroker.protocol import codec
 from mqbroker.protocol.channel_state import BIG_BODY, ChannelState
 from mqbroker.protocol.events import (
     BadProtocolHeader,
@@ -35,8 +34,10 @@ from mqbroker.protocol.events import (
     Event,
     MethodReceived,
     OpenRequested,
+    PublishRun,
     StartOk,
 )
+from mqbroker.protocol.output import Output
 
 
 def _ids(method: PamqpMethod) -> tuple[int, int]:
@@ -56,6 +57,10 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# Publishes handed to the broker as one ``PublishRun`` at most: bounds the
+# work (and the broker's per-run lists) of one event.
+PUBLISH_RUN_MAX = 256
+
 CAPABILITIES = {
     "publisher_confirms": True,
     "exchange_exchange_bindings": True,
@@ -69,7 +74,7 @@ CAPABILITIES = {
 }
 
 
-class ServerConnection:
+class ServerConnection(Output):
     def __init__(
         self,
         *,
@@ -93,11 +98,7 @@ class ServerConnection:
         self.client_properties: dict[str, Any] = {}
         self._reader = codec.FrameReader(codec.FRAME_MIN_SIZE)
         self._channels: dict[int, ChannelState] = {}
-        self.out = bytearray()
-        # Output before ``out``: sealed buffers and large bodies, queued
-        # as they are so a 64 KB body is never copied (``add_body``).
-        self._queued: list[bytes | bytearray] = []
-        self._queued_bytes = 0
+        Output.__init__(self)
         # Set when the frame reader fails (bad frame-end octet, oversized
         # frame): the reader has not consumed the bad frame and the stream
         # has lost its framing, so nothing after it can be parsed.
@@ -112,16 +113,20 @@ class ServerConnection:
         """Handle buffered input up to the next event; None: need data."""
         if self.state is State.OPEN and not self._broken:
             # The hot path: a whole publish + header + body in one pass.
-            fast = self._reader.next_publish(self.max_message_size)
+            fast = self._reader.next_publish_run(self.max_message_size, PUBLISH_RUN_MAX)
             if fast is not None:
                 channel = fast[0]
                 chan = self._channels.get(channel)
                 if chan is not None and chan.method is None and not chan.closing:
-                    self._reader.consume(fast[6])
-                    bits = fast[3]
-                    return ContentReceived(
-                        channel, fast[1], fast[2], bool(bits & 1),
-                        bool(bits & 2), fast[4], fast[5],
+                    self._reader.consume(fast[5])
+                    bits, items = fast[3], fast[4]
+                    if len(items) == 1:
+                        return ContentReceived(
+                            channel, fast[1], fast[2], bool(bits & 1),
+                            bool(bits & 2), items[0][0], items[0][1],
+                        )
+                    return PublishRun(
+                        channel, fast[1], fast[2], bool(bits & 1), bool(bits & 2), items
                     )
         while True:
             if self.state is State.CLOSED or self._broken:
@@ -432,124 +437,10 @@ class ServerConnection:
     def send_raw(self, data: bytes) -> None:
         self.out += data
 
-    def send_return(
-        self,
-        channel: int,
-        reply_code: int,
-        reply_text: str,
-        exchange: str,
-        routing_key: str,
-        properties: bytes,
-        body: bytes,
-    ) -> None:
-        """basic.return + the message's content."""
-        self.out += codec.return_method(channel, reply_code, reply_text, exchange, routing_key)
-        codec.write_content(self.out, channel, properties, body, self.frame_max)
-
-    def send_get_ok(
-        self,
-        channel: int,
-        delivery_tag: int,
-        redelivered: bool,
-        exchange: str,
-        routing_key: str,
-        message_count: int,
-        properties: bytes,
-        body: bytes,
-    ) -> None:
-        """basic.get-ok + the message's content."""
-        self.out += codec.get_ok_method(
-            channel, delivery_tag, redelivered, exchange, routing_key, message_count
-        )
-        codec.write_content(self.out, channel, properties, body, self.frame_max)
-
-    def send_queue_declare_ok(
-        self, channel: int, queue: str, message_count: int, consumer_count: int
-    ) -> None:
-        """queue.declare-ok, hand-packed: any queue name RabbitMQ accepts
-        (pamqp's own constructor validates names more strictly)."""
-        self.out += codec.queue_declare_ok(channel, queue, message_count, consumer_count)
-
     def drop_without_close(self) -> None:
         """End the connection with no close handshake (RabbitMQ's answer to
         a failed login from a client that did not ask for the 403)."""
         self.state = State.CLOSED
-
-    def send_heartbeat(self) -> None:
-        self.out += codec.HEARTBEAT_FRAME
-
-    def send_delivery(
-        self,
-        channel: int,
-        prefix: bytes,
-        delivery_tag: int,
-        redelivered: bool,
-        suffix: bytes,
-        properties: bytes,
-        body: bytes,
-    ) -> None:
-        """basic.deliver + content (see ``codec.write_delivery``); a body of
-        ``codec.LARGE_BODY`` or more is queued as it is, not copied."""
-        if codec.write_delivery(
-            self.out, channel, prefix, delivery_tag, redelivered, suffix,
-            properties, body, self.frame_max,
-            body_separately=len(body) >= codec.LARGE_BODY,
-        ):
-            self.add_body(body)
-            self.out += codec.FRAME_END_BYTE
-
-    def send_deliveries(
-        self, channel: int, prefix: bytes, first_tag: int, records: Sequence[batch.Record]
-    ) -> None:
-        """One basic.deliver + content per record, tags from ``first_tag``
-        on (``batch.write_deliveries``; what it cannot inline goes through
-        ``send_delivery``)."""
-        i, end = 0, len(records)
-        while i < end:
-            i = batch.write_deliveries(
-                self.out, channel, prefix, first_tag + i, records, i, self.frame_max
-            )
-            if i < end:
-                _offset, suffix, props, body = records[i]
-                self.send_delivery(
-                    channel, prefix, first_tag + i, False, suffix, bytes(props), bytes(body)
-                )
-                i += 1
-
-    def add_body(self, body: bytes) -> None:
-        """Queue a large body after what ``out`` holds, without copying
-        it; later output goes to a fresh ``out``."""
-        if self.out:
-            self._queued.append(self.out)
-            self._queued_bytes += len(self.out)
-            self.out = bytearray()
-        self._queued.append(body)
-        self._queued_bytes += len(body)
-
-    @property
-    def output_size(self) -> int:
-        """Bytes queued for the peer and not yet taken by the writer."""
-        return self._queued_bytes + len(self.out)
-
-    def data_to_send(self) -> bytes:
-        """Everything queued for the peer, as bytes (a copy)."""
-        data = b"".join([*self._queued, self.out])
-        self._queued = []
-        self._queued_bytes = 0
-        self.out = bytearray()
-        return data
-
-    def take_output(self) -> list[bytes | bytearray]:
-        """Everything queued for the peer as a list of buffers, without a
-        copy: the writer sends them (one ``sendmsg``) while new output
-        accumulates in a fresh buffer."""
-        chunks = self._queued
-        if self.out:
-            chunks.append(self.out)
-        self._queued = []
-        self._queued_bytes = 0
-        self.out = bytearray()
-        return chunks
 
     def is_channel_open(self, channel: int) -> bool:
         chan = self._channels.get(channel)

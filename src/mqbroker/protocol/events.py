@@ -109,6 +109,47 @@ class ContentReceived:
     __hash__ = None  # type: ignore[assignment]
 
 
+class PublishRun:
+    """Consecutive basic.publishes on one channel with the same exchange,
+    routing key and flags, each with its content: ``items`` holds (raw
+    properties, body) in order. One event for the run, so the broker
+    checks, routes and confirms once per run where it can."""
+
+    __slots__ = ("channel", "exchange", "routing_key", "mandatory", "immediate", "items")
+
+    def __init__(
+        self,
+        channel: int,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        immediate: bool,
+        items: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.channel = channel
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.items = items
+
+    def events(self) -> list[ContentReceived]:
+        """The run as single publishes (for paths that take one at a time)."""
+        return [
+            ContentReceived(
+                self.channel, self.exchange, self.routing_key, self.mandatory,
+                self.immediate, props, body,
+            )
+            for props, body in self.items
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"PublishRun(channel={self.channel}, exchange={self.exchange!r}, "
+            f"routing_key={self.routing_key!r}, items={len(self.items)})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The close handshake is over (either side started it)."""
@@ -132,6 +173,7 @@ Event = (
     | ChannelClosed
     | MethodReceived
     | ContentReceived
+    | PublishRun
     | ConnectionClosed
     | BadProtocolHeader
 )

@@ -134,7 +134,50 @@ class FrameReader:
         rk_end = rk_len_at + 1 + buf[rk_len_at]
         if rk_end + 1 != mend:
             return None
-        hpos = mend + 1
+        content = self._content(mend + 1, channel, max_body)
+        if content is None:
+            return None
+        try:
+            exchange = buf[ex_start:rk_len_at].decode()
+            routing_key = buf[rk_len_at + 1 : rk_end].decode()
+        except UnicodeDecodeError:
+            return None
+        return channel, exchange, routing_key, buf[rk_end], content[0], content[1], content[2]
+
+    def next_publish_run(
+        self, max_body: int, limit: int
+    ) -> tuple[int, str, str, int, list[tuple[bytes, bytes]], int] | None:
+        """``next_publish``, then every following publish (up to ``limit``
+        in all) whose method frame is byte-for-byte the first one's: same
+        channel, exchange, routing key and flags -> (channel, exchange,
+        routing key, bits, [(raw properties, body)], end offset). A
+        publisher's stream of messages to one destination is parsed and
+        routed once per run, not once per message."""
+        first = self.next_publish(max_body)
+        if first is None:
+            return None
+        channel, exchange, routing_key, bits, props, body, end = first
+        items = [(props, body)]
+        buf, pos = self._buf, self._pos
+        mlen = 8 + _HEADER.unpack_from(buf, pos)[2]  # the whole method frame
+        method = buf[pos : pos + mlen]
+        content = self._content
+        while len(items) < limit and buf.startswith(method, end):
+            found = content(end + mlen, channel, max_body)
+            if found is None:
+                break
+            items.append((found[0], found[1]))
+            end = found[2]
+        return channel, exchange, routing_key, bits, items, end
+
+    def _content(self, hpos: int, channel: int, max_body: int) -> tuple[bytes, bytes, int] | None:
+        """A whole content header + body at ``hpos`` -> (raw properties,
+        body, offset past it), or None (partial, split, oversized, odd)."""
+        buf = self._buf
+        have = len(buf)
+        frame_max = self.frame_max
+        if hpos + 19 > have:
+            return None
         htype, hchannel, hsize, hclass, _, body_size = _CONTENT_HEAD.unpack_from(buf, hpos)
         if (
             htype != FRAME_HEADER
@@ -166,20 +209,7 @@ class FrameReader:
         else:
             end = hend
             body = b""
-        try:
-            exchange = buf[ex_start:rk_len_at].decode()
-            routing_key = buf[rk_len_at + 1 : rk_end].decode()
-        except UnicodeDecodeError:
-            return None
-        return (
-            channel,
-            exchange,
-            routing_key,
-            buf[rk_end],
-            bytes(buf[hpos + 19 : hend]),
-            body,
-            end + 1,
-        )
+        return bytes(buf[hpos + 19 : hend]), body, end + 1
 
     def consume(self, end: int) -> None:
         self._pos = end
