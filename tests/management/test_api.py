@@ -263,6 +263,33 @@ def test_health_and_aliveness(mgmt: Mgmt) -> None:
 # ------------------------------------------------ beyond RabbitMQ
 
 
+def test_browse_unacked_stream_deliveries_by_offset(mgmt: Mgmt) -> None:
+    """A stream hands a consumer blocks of records tracked as one delivery
+    per block; browsing still shows each unacked message at its offset."""
+    with channel(mgmt) as ch:
+        ch.queue_declare("brs", durable=True, arguments={"x-queue-type": "stream"})
+        ch.confirm_delivery()
+        for i in range(6):
+            ch.basic_publish("", "brs", f"s{i}".encode())
+        ch.basic_qos(prefetch_count=4)
+        got: list[int] = []
+        ch.basic_consume(
+            "brs", lambda c, m, p, b: got.append(m.delivery_tag),
+            arguments={"x-stream-offset": 1},
+        )
+        deadline = time.monotonic() + 10
+        while len(got) < 4 and time.monotonic() < deadline:
+            ch.connection.process_data_events(time_limit=0.1)
+        assert got == [1, 2, 3, 4]
+        unacked = mgmt.http.get("/api/queues/%2F/brs/messages?state=unacked").json()["items"]
+        assert [(i["seq"], i["payload"]) for i in unacked] == [
+            (1, "s1"), (2, "s2"), (3, "s3"), (4, "s4"),
+        ]
+        ch.basic_ack(2, multiple=True)
+        unacked = mgmt.http.get("/api/queues/%2F/brs/messages?state=unacked").json()["items"]
+        assert [i["payload"] for i in unacked[:2]] == ["s3", "s4"]
+
+
 def test_browse_is_non_destructive_with_cursor(mgmt: Mgmt) -> None:
     mgmt.http.put("/api/queues/%2F/br", json={"durable": True})
     publish(mgmt, "br", [f"m{i}" for i in range(5)])

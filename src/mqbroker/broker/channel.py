@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
@@ -116,15 +117,28 @@ class Consumer:
 
 
 class Delivery:
-    __slots__ = ("queue", "entry", "consumer", "at")
+    """An unacked delivery. A block of stored records (``deliver_records``:
+    consecutive offsets under consecutive tags) shares one Delivery whose
+    entry is the block's first offset and ``first_tag`` its first tag;
+    ``at_tag`` gives one tag's own view."""
+
+    __slots__ = ("queue", "entry", "consumer", "at", "first_tag")
 
     def __init__(
-        self, queue: Queue, entry: QueueEntry, consumer: Consumer | None, at: float
+        self, queue: Queue, entry: QueueEntry, consumer: Consumer | None, at: float,
+        first_tag: int = 0,
     ) -> None:
         self.queue = queue
         self.entry = entry
         self.consumer = consumer
         self.at = at  # monotonic seconds, for the consumer timeout
+        self.first_tag = first_tag
+
+    def at_tag(self, tag: int) -> Delivery:
+        if not self.first_tag:
+            return self
+        entry = QueueEntry(self.entry.seq + tag - self.first_tag, 0, 0, None)
+        return Delivery(self.queue, entry, self.consumer, self.at)
 
 
 def with_delivery_count(message: Message, count: int) -> Message:
@@ -204,22 +218,21 @@ class Channel:
         session.output_ready()
 
     def deliver_records(self, consumer: Consumer, queue: Queue, records: Sequence[Record]) -> None:
-        """A block of stored deliveries (a stream's), written in one pass;
-        each is tracked like any other (entry = its offset, message read
-        back from the queue only if someone browses it)."""
+        """A block of stored deliveries (a stream's: consecutive offsets),
+        written in one pass and tracked as one ``Delivery`` under each of
+        its tags (its message is read back only if someone browses it)."""
         tag = self.next_tag
         self.next_tag = tag + len(records)
         session = self.session
         session.conn.send_deliveries(self.id, consumer.prefix, tag, records)
+        entry = QueueEntry(records[0][0], 0, 0, None)
         if consumer.no_ack:
-            for offset, _suffix, _props, body in records:
-                queue.settle(QueueEntry(offset, 0, len(body), None))
+            for _record in records:
+                queue.settle(entry)
         else:
-            at = session.broker.clock()
-            unacked = self.unacked
-            for offset, _suffix, _props, body in records:
-                unacked[tag] = Delivery(queue, QueueEntry(offset, 0, len(body), None), consumer, at)
-                tag += 1
+            # one Delivery for the block (offsets and tags both consecutive)
+            delivery = Delivery(queue, entry, consumer, session.broker.clock(), tag)
+            self.unacked.update(zip(range(tag, tag + len(records)), repeat(delivery)))
             consumer.unacked += len(records)
         session.output_ready()
 
@@ -294,13 +307,18 @@ class Channel:
         """Settle; True when a durable store write resulted."""
         wrote = False
         broker = self.session.broker
+        dirty = broker.dirty
         for delivery in self._take(tag, multiple):
             entry = delivery.entry
-            delivery.queue.settle(entry)
+            queue = delivery.queue
+            queue.settle(entry)
             if entry.persisted:
                 wrote = True
                 broker.confirms.consumed(entry.msg_id)
-            self._released(delivery)
+            consumer = delivery.consumer  # _released, inlined: once per ack
+            if consumer is not None:
+                consumer.unacked -= 1
+            dirty[queue] = None
         return wrote
 
     def reject(self, tag: int, multiple: bool, requeue: bool) -> bool:

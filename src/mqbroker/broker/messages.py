@@ -72,7 +72,7 @@ def unacked_of(broker: Broker, queue: Queue) -> list[tuple[Channel, int, Deliver
         for chan in session.channels.values():
             for tag, delivery in chan.unacked.items():
                 if delivery.queue is queue:
-                    found.append((chan, tag, delivery))
+                    found.append((chan, tag, delivery.at_tag(tag)))
     return found
 
 

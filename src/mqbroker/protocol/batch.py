@@ -11,13 +11,11 @@ sizes) and appends pre-encoded pieces, byte-for-byte what
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mqbroker.protocol import codec
 
 _METHOD_HEAD = struct.Struct(">BHI")  # frame type, channel, size
-_TAG = struct.Struct(">QB")  # delivery tag, redelivered
-_CONTENT = struct.Struct(">BBHIHHQ")  # end, type, channel, size, class, weight, body size
 _BODY = struct.Struct(">BBHI")  # end, type, channel, size
 
 # (offset, route suffix, properties, body): the offset is the caller's
@@ -39,10 +37,10 @@ def write_deliveries(
     large enough to be sent uncopied (the caller writes that one with
     ``write_delivery`` and calls again), or ``len(records)``."""
     limit = min(frame_max - codec.FRAME_OVERHEAD, codec.LARGE_BODY - 1)
-    heads: dict[bytes, bytes] = {}
+    heads: dict[bytes, tuple[bytes, Callable[..., bytes]]] = {}
     base = len(prefix) + 9
     tag = first_tag
-    pack_tag, pack_content, pack_body = _TAG.pack, _CONTENT.pack, _BODY.pack
+    pack_body = _BODY.pack
     end = len(records)
     i = start
     while i < end:
@@ -50,13 +48,15 @@ def write_deliveries(
         size = len(body)
         if not size or size > limit:
             return i
-        head = heads.get(suffix)
-        if head is None:
-            head = heads[suffix] = _METHOD_HEAD.pack(1, channel, base + len(suffix)) + prefix
-        out += head
-        out += pack_tag(tag, 0)
-        out += suffix
-        out += pack_content(0xCE, 2, channel, 12 + len(props), 60, 0, size)
+        found = heads.get(suffix)
+        if found is None:
+            found = heads[suffix] = (
+                _METHOD_HEAD.pack(1, channel, base + len(suffix)) + prefix,
+                _middle(len(suffix)),
+            )
+        out += found[0]
+        # tag, redelivered, exchange + key, frame end, content header
+        out += found[1](tag, 0, suffix, 0xCE, 2, channel, 12 + len(props), 60, 0, size)
         out += props
         out += pack_body(0xCE, 3, channel, size)
         out += body
@@ -64,3 +64,15 @@ def write_deliveries(
         tag += 1
         i += 1
     return end
+
+
+_MIDDLES: dict[int, Callable[..., bytes]] = {}
+
+
+def _middle(suffix_len: int) -> Callable[..., bytes]:
+    """A packer for a deliver's tail and the content header up to its
+    properties, for exchange + key fields of ``suffix_len`` bytes."""
+    pack = _MIDDLES.get(suffix_len)
+    if pack is None:
+        pack = _MIDDLES[suffix_len] = struct.Struct(f">QB{suffix_len}sBBHIHHQ").pack
+    return pack

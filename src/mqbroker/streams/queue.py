@@ -34,8 +34,12 @@ from mqbroker.streams import arguments as sargs
 from mqbroker.streams.groups import GroupEntry, GroupRegistry, PartitionState
 from mqbroker.streams.log import CommitMark, StreamLog
 from mqbroker.streams.reader import Entry, LogReader
+from mqbroker.streams.segment import HEADER
 
 _HEAD = struct.Struct(">BBHI")  # exchange, routing key, filter, properties lengths
+# a log entry's header (segment.HEADER) followed by its record's _HEAD
+_ENTRY_HEAD = struct.Struct(">IIQQBBHI")
+_HEADER_SIZE = HEADER.size
 READ_AHEAD = 128  # entries a cursor holds at most
 BLOCK_ENTRIES = 256  # entries a plain consumer is handed per block
 
@@ -301,30 +305,40 @@ class StreamQueue(Queue):
 
     def _feed_plain(self, consumer: Consumer, cursor: Cursor) -> None:
         """A consumer with no filter and no group: blocks of entries,
-        sliced out of one read each, handed over in one call."""
+        sliced out of one read each (one unpack per entry covers its
+        header and its record's head), handed over in one call."""
         reader = cursor.reader
-        unpack = _HEAD.unpack_from
+        unpack = _ENTRY_HEAD.unpack_from
         suffixes = _SUFFIXES
         while True:
             room = consumer.credit()
             if room <= 0:
                 return
-            data, spans = reader.read_block(min(room, BLOCK_ENTRIES))
-            if not spans:
+            data, count = reader.read_raw(min(room, BLOCK_ENTRIES))
+            if not count:
                 return
             view = memoryview(data)
             records: list[Record] = []
-            for offset, start, length in spans:
-                elen, klen, flen, plen = unpack(data, start)
-                pos = start + _HEAD.size
-                route = data[pos : pos + elen + klen]
+            pos, end, taken = 0, len(data), 0
+            while taken < count and end - pos >= _ENTRY_HEAD.size:
+                length, _crc, offset, _ts, elen, klen, flen, plen = unpack(data, pos)
+                stop = pos + _HEADER_SIZE + length
+                if stop > end:
+                    break
+                at = pos + _ENTRY_HEAD.size
+                route = data[at : at + elen + klen]
                 suffix = suffixes.get(route)
                 if suffix is None or suffix[0] != elen:
                     suffix = _route_suffix(route, elen)
-                pos += elen + klen + (flen - 1 if flen else 0)
-                records.append((offset, suffix, view[pos : pos + plen], view[pos + plen : start + length]))
-            self.unacked += len(records)
-            self.delivered += len(records)
+                at += elen + klen + (flen - 1 if flen else 0)
+                records.append((offset, suffix, view[at : at + plen], view[at + plen : stop]))
+                pos = stop
+                taken += 1
+            reader.advance(pos, taken)
+            if not taken:  # nothing whole to read (a torn file): wait
+                return
+            self.unacked += taken
+            self.delivered += taken
             consumer.deliver_records(self, records)
 
     def message_of(self, entry: QueueEntry) -> Message:

@@ -38,7 +38,8 @@ class LogReader:
         self.offset = max(offset, log.first_offset)
         self._fh: BinaryIO | None = None
         self._segment: Segment | None = None
-        self._entry_bytes = 512  # read_block's guess of an entry's size
+        self._entry_bytes = 512  # read_raw's guess of an entry's size
+        self._start = 0  # file position of the last read_raw
 
     def close(self) -> None:
         if self._fh is not None:
@@ -88,42 +89,59 @@ class LogReader:
             self.offset = offset + 1
         return out
 
-    def read_block(self, max_entries: int, max_bytes: int = 256 * 1024) -> tuple[bytes, list[Span]]:
-        """Up to ``max_entries`` committed entries of the current segment
-        as one buffer -> (buffer, spans). At least one entry when there is
-        one, however large; empty when the reader is at the committed end."""
+    def read_raw(self, max_entries: int, max_bytes: int = 256 * 1024) -> tuple[bytes, int]:
+        """The file from the next entry on -> (buffer, how many entries may
+        be taken from it: committed, in this segment, at most
+        ``max_entries``). The buffer holds the first entry whole, and as
+        many more as ``max_bytes`` allows (the last may be cut); the caller
+        walks it (a ``HEADER`` per entry) and says what it took with
+        ``advance``. (b"", 0) at the committed end."""
         limit = self.log.committed_next
         if self.offset < self.log.first_offset:
             self._segment = None
         segment = self._segment
         if segment is None or self.offset >= segment.next_offset:
             if self.offset >= limit or not self._position():
-                return b"", []
+                return b"", 0
             segment = self._segment
         assert segment is not None
-        limit = min(limit, segment.next_offset)
-        if self.offset >= limit:
-            return b"", []
+        count = min(max_entries, min(limit, segment.next_offset) - self.offset)
+        if count <= 0:
+            return b"", 0
         fh = self._fh
         assert fh is not None
-        start = fh.tell()
+        self._start = fh.tell()
         # about what the wanted entries take (the last block's average)
-        data = fh.read(min(max_bytes, max(8192, max_entries * self._entry_bytes)))
+        data = fh.read(min(max_bytes, max(8192, count * self._entry_bytes)))
+        if len(data) >= HEADER.size:
+            whole = HEADER.size + HEADER.unpack_from(data)[0]
+            if whole > len(data):  # one large entry
+                data += fh.read(whole - len(data))
+        return data, count
+
+    def advance(self, nbytes: int, entries: int) -> None:
+        """``entries`` entries (``nbytes`` of the last ``read_raw``) were
+        taken: the next read starts after them."""
+        fh = self._fh
+        assert fh is not None
+        fh.seek(self._start + nbytes)
+        self.offset += entries
+        if entries:
+            self._entry_bytes = nbytes // entries + 64
+
+    def read_block(self, max_entries: int, max_bytes: int = 256 * 1024) -> tuple[bytes, list[Span]]:
+        """``read_raw`` walked: up to ``max_entries`` whole entries ->
+        (buffer, spans of their payloads)."""
+        data, count = self.read_raw(max_entries, max_bytes)
         spans: list[Span] = []
         unpack = HEADER.unpack_from
         pos, end, hsize = 0, len(data), HEADER.size
-        offset = self.offset
-        while len(spans) < max_entries and offset < limit and end - pos >= hsize:
+        while len(spans) < count and end - pos >= hsize:
             length, _crc, offset, _ts = unpack(data, pos)
             if pos + hsize + length > end:
-                if spans:
-                    break
-                data += fh.read(pos + hsize + length - end)  # one large entry
-                end = len(data)
+                break
             spans.append((offset, pos + hsize, length))
             pos += hsize + length
-            offset += 1
-        fh.seek(start + pos)
-        self.offset = offset
-        self._entry_bytes = pos // len(spans) + 64
+        if count:
+            self.advance(pos, len(spans))
         return data, spans
