@@ -304,3 +304,59 @@ def test_policy_max_length_bytes_wins(broker: Any, conn: Any) -> None:
     got = consume(conn, name, 301, args={"x-stream-offset": "first"}, timeout=2.0)
     assert got[-1][0] == b"after" and len(got) < 301
     conn.channel().queue_delete(name)
+
+
+def test_one_burst_of_publishes_mixed_plain_and_filtered(broker: Any, conn: Any, stream: str) -> None:
+    """One write of 300 publishes to the stream (the broker reads them as
+    runs): plain ones, ones with a filter value and ones with other
+    headers interleaved, all confirmed, stored in publish order with
+    consecutive offsets, and the filter still exact."""
+    from pamqp import body as pbody
+    from pamqp import commands
+    from pamqp import frame as pframe
+    from pamqp import header as pheader
+
+    from mqbroker.perf.client import Connection
+
+    url = f"amqp://{broker.user}:{broker.password}@{broker.host}:{broker.port}/" + (
+        "%2F" if broker.vhost == "/" else broker.vhost
+    )
+    client = Connection(url)
+    client.channel_open(1)
+    client.confirm_select(1)
+    out = []
+    for i in range(300):
+        headers = {"x-stream-filter-value": "f"} if i % 7 == 3 else ({"h": i} if i % 11 == 5 else None)
+        props = commands.Basic.Properties(headers=headers, delivery_mode=2)
+        body = b"m%03d" % i
+        out.append(pframe.marshal(commands.Basic.Publish(exchange="", routing_key=stream), 1))
+        out.append(pframe.marshal(pheader.ContentHeader(0, len(body), props), 1))
+        out.append(pframe.marshal(pbody.ContentBody(body), 1))
+    client.sock.sendall(b"".join(out))
+    acked = 0
+    deadline = time.monotonic() + 10
+    while acked < 300 and time.monotonic() < deadline:
+        _ch, method = client.read_frame()
+        if isinstance(method, commands.Basic.Ack):
+            acked = method.delivery_tag if method.multiple or method.delivery_tag > acked else acked
+    client.close()
+    assert acked == 300
+    got = consume(conn, stream, 300, prefetch=300, args={"x-stream-offset": "first"})
+    assert [b for b, _ in got] == [b"m%03d" % i for i in range(300)]
+    if not broker.external:
+        assert [h["x-stream-offset"] for _, h in got] == list(range(300))
+    assert all(h.get("h") == i for i, (_, h) in enumerate(got) if i % 11 == 5 and i % 7 != 3)
+    if not broker.external:
+        flt = consume(conn, stream, 300, args={"x-stream-offset": "first", "x-stream-filter": "f"},
+                      timeout=1.0)
+        assert [b for b, _ in flt] == [b"m%03d" % i for i in range(300) if i % 7 == 3]
+
+
+def test_persistent_publish_single(conn: Any, stream: str) -> None:
+    """delivery_mode 2 with other properties, published one at a time."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", stream, b"p", pika.BasicProperties(delivery_mode=2, content_type="t/x"))
+    ch.close()
+    ((body, headers),) = consume(conn, stream, 1, args={"x-stream-offset": "first"})
+    assert body == b"p" and headers["x-stream-offset"] == 0

@@ -23,6 +23,7 @@ from mqbroker.broker.publish import _NOWHERE, _SLOW_FLAGS, Publisher
 from mqbroker.broker.router import route
 from mqbroker.model.message import Message
 from mqbroker.protocol.events import ContentReceived, PublishRun
+from mqbroker.queues.queue import Queue
 
 if TYPE_CHECKING:
     from mqbroker.broker.channel import Channel
@@ -54,6 +55,8 @@ def publish_run(publisher: Publisher, session: Session, chan: Channel, run: Publ
         for event in run.events():
             wrote |= publisher.publish_amqp(session, chan, event)
         return wrote
+    if len(queues) == 1 and queues[0].takes_runs:
+        return _run_into(publisher, session, chan, run, queues[0])
     confirms = chan.confirms
     confirming = confirms.enabled
     offer_to = publisher.offer_to
@@ -111,3 +114,42 @@ def publish_run(publisher: Publisher, session: Session, chan: Channel, run: Publ
     if confirming and any_durable:
         broker.request_commit()
     return any_durable
+
+
+def _run_into(
+    publisher: Publisher, session: Session, chan: Channel, run: PublishRun, queue: Queue
+) -> bool:
+    """The run's route is one queue that takes runs (a stream): its plain
+    messages go in with one ``offer_run`` per stretch between the ones
+    that need the checked path, and are confirmed as one pending item."""
+    broker = publisher.broker
+    confirms = chan.confirms
+    plain: list[tuple[bytes, bytes]] = []
+
+    def offer_plain() -> None:
+        queue.offer_run(run.exchange, run.routing_key, plain, broker.wall_ms())
+        broker.request_lazy_commit()
+        if confirms.enabled:
+            confirms.add_run(broker.write_epoch, len(plain))
+
+    wrote = False
+    for props, body in run.items:
+        if len(props) >= 2 and (props[0] << 8 | props[1]) & _SLOW_FLAGS:
+            if plain:
+                offer_plain()
+                plain = []
+                wrote = True
+            wrote |= publisher.publish_amqp(
+                session, chan,
+                ContentReceived(
+                    run.channel, run.exchange, run.routing_key, run.mandatory, False, props, body
+                ),
+            )
+        else:
+            plain.append((props, body))
+    if plain:
+        offer_plain()
+        wrote = True
+    if wrote and confirms.enabled:
+        broker.request_commit()
+    return wrote

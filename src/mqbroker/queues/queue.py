@@ -105,6 +105,9 @@ class Queue:
     # publish before the commit (confirms.py's early confirms); 0 for a
     # queue type whose entries are readable only once committed.
     early_confirms = 1
+    # offer_run: a run of plain publishes in one call (durable, always
+    # accepted, nothing to dispatch at once: a stream's log)
+    takes_runs = False
 
     def __init__(
         self,
@@ -342,6 +345,13 @@ class Queue:
                 entry.expires_at,
             ),
         )
+
+    def offer_run(
+        self, exchange: str, routing_key: str, items: list[tuple[bytes, bytes]], now_ms: int
+    ) -> None:
+        """Only where ``takes_runs``: (raw properties, body) messages with
+        no headers, expiration, user_id or reply_to, all accepted."""
+        raise NotImplementedError
 
     def delivered_once(self, entry: QueueEntry) -> None:
         """Record that a persisted entry went out, so that after a crash

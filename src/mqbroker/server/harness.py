@@ -28,7 +28,8 @@ from mqbroker.protocol import codec
 from mqbroker.queues.queue import Queue
 from mqbroker.server.alarms import REASONS, Alarms
 from mqbroker.server.tls import socket_of
-from mqbroker.streams.queue import StreamQueue, decode_record
+from mqbroker.streams.queue import StreamQueue
+from mqbroker.streams.record import decode_record
 
 # Alarm sources of the harness (the periodic checks never clear them).
 HARNESS_ALARMS = {"memory": "harness:memory", "disk": "harness:disk"}

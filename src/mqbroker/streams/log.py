@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +139,33 @@ class StreamLog:
         if len(self._pending) >= WRITE_BUFFER_BYTES:
             self._write_pending()
         return offset, rolled
+
+    def append_stamped(self, pieces: Iterable[tuple[bytes, bytes, bytes]], timestamp_ms: int) -> bool:
+        """Entries whose payload is ``before + offset + after + body``,
+        each with its own offset (8 bytes, big-endian) written between the
+        pieces (a stream stamps ``x-stream-offset`` into the properties so),
+        appended in one pass -> whether a segment was started."""
+        rolled = False
+        tail = self.segments[-1]
+        timestamp_ms = max(timestamp_ms, tail.last_ts)
+        pending = self._pending
+        hsize = HEADER.size
+        for before, after, body in pieces:
+            offset = tail.next_offset
+            payload = b"".join((before, offset.to_bytes(8, "big", signed=True), after, body))
+            size = hsize + len(payload)
+            if tail.size + size > self.max_segment_bytes and self.roll():
+                rolled = True
+                tail = self.segments[-1]
+                pending = self._pending
+            tail.note(offset, tail.size, timestamp_ms)
+            write_entry(pending, offset, timestamp_ms, payload)
+            tail.size += size
+            tail.next_offset = offset + 1
+            if len(pending) >= WRITE_BUFFER_BYTES:
+                self._write_pending()
+                pending = self._pending
+        return rolled
 
     def roll(self) -> bool:
         """Seal the active segment and start the next one (a no-op on an

@@ -16,14 +16,13 @@ automatic acks, consuming without a prefetch) raise its errors here.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from mqbroker import errors
-from mqbroker.model.headers import HeaderStamp, with_header
+from mqbroker.model.headers import with_header
 from mqbroker.model.message import Message
 from mqbroker.persistence.store import Store
 from mqbroker.protocol.batch import Record
@@ -34,54 +33,18 @@ from mqbroker.streams import arguments as sargs
 from mqbroker.streams.groups import GroupEntry, GroupRegistry, PartitionState
 from mqbroker.streams.log import CommitMark, StreamLog
 from mqbroker.streams.reader import Entry, LogReader
-from mqbroker.streams.segment import HEADER
+from mqbroker.streams.record import (
+    ENTRY_HEAD,
+    FILTER_KEY,
+    HEADER_SIZE,
+    SUFFIXES,
+    RecordTemplates,
+    decode_record,
+    route_suffix,
+)
 
-_HEAD = struct.Struct(">BBHI")  # exchange, routing key, filter, properties lengths
-# a log entry's header (segment.HEADER) followed by its record's _HEAD
-_ENTRY_HEAD = struct.Struct(">IIQQBBHI")
-_HEADER_SIZE = HEADER.size
 READ_AHEAD = 128  # entries a cursor holds at most
 BLOCK_ENTRIES = 256  # entries a plain consumer is handed per block
-
-# raw exchange + routing key of a record -> basic.deliver's two shortstr
-# fields; bounded like codec.route_suffix's cache
-_SUFFIXES: dict[bytes, bytes] = {}
-
-
-def _route_suffix(route: bytes, elen: int) -> bytes:
-    if len(_SUFFIXES) >= 4096:
-        _SUFFIXES.clear()
-    suffix = bytes((elen,)) + route[:elen] + bytes((len(route) - elen,)) + route[elen:]
-    _SUFFIXES[route] = suffix
-    return suffix
-
-
-# Deliveries carry their offset: stamped into the properties at publish,
-# so a replay sends what is stored.
-STAMP = HeaderStamp("x-stream-offset")
-FILTER_KEY = b"x-stream-filter-value"
-
-
-def encode_record(message: Message, filter_value: str | None, props: bytes) -> bytes:
-    exchange = message.exchange.encode()
-    key = message.routing_key.encode()
-    flt = filter_value.encode() if filter_value is not None else b""
-    head = _HEAD.pack(len(exchange), len(key), len(flt) + (filter_value is not None), len(props))
-    return b"".join((head, exchange, key, flt, props, message.body))
-
-
-def decode_record(payload: bytes) -> tuple[str, str, str | None, bytes, bytes]:
-    """-> (exchange, routing key, filter value, raw properties, body)."""
-    elen, klen, flen, plen = _HEAD.unpack_from(payload)
-    pos = _HEAD.size
-    exchange = payload[pos : pos + elen].decode()
-    pos += elen
-    key = payload[pos : pos + klen].decode()
-    pos += klen
-    flt = payload[pos : pos + flen - 1].decode() if flen else None
-    pos += max(flen - 1, 0)
-    props = payload[pos : pos + plen]
-    return exchange, key, flt, props, payload[pos + plen :]
 
 
 class Cursor:
@@ -104,6 +67,7 @@ class StreamQueue(Queue):
     # the consumers), so a publish does not make the stream dirty.
     dispatch_on_offer = False
     early_confirms = 0
+    takes_runs = True
 
     def __init__(
         self,
@@ -128,7 +92,7 @@ class StreamQueue(Queue):
         self.on_ready: Callable[[Queue], None] = lambda q: None
         self._rolled = False
         self._in_batch = False  # added to the store's current batch
-        self._templates: dict[tuple[str, str, bytes, str | None], tuple[bytes, bytes]] = {}
+        self._templates = RecordTemplates()
         # consumer groups reading this stream (streams/groups.py)
         self.groups: GroupRegistry | None = None
         self.group_states: list[PartitionState] = []
@@ -163,10 +127,7 @@ class StreamQueue(Queue):
             if isinstance(found, bytes | bytearray):
                 found = bytes(found).decode("utf-8", "replace")
             value = found if isinstance(found, str) else None
-        key = (message.exchange, message.routing_key, raw, value)
-        template = self._templates.get(key)
-        if template is None:
-            template = self._template(key)
+        template = self._templates.get(message.exchange, message.routing_key, raw, value)
         log = self.log
         # the record with x-stream-offset stamped into its properties
         payload = b"".join(
@@ -180,19 +141,26 @@ class StreamQueue(Queue):
         self.published += 1
         return True, True
 
-    def _template(self, key: tuple[str, str, bytes, str | None]) -> tuple[bytes, bytes]:
-        """A record's bytes before and after the stamped offset, for one
-        (exchange, routing key, properties, filter value): publishers send
-        the same ones again and again."""
-        exchange, routing_key, raw, value = key
-        before, after = STAMP.parts(raw)
-        head = encode_record(Message(0, exchange, routing_key, before, b""), value, before)
-        elen, klen, flen, _ = _HEAD.unpack_from(head)
-        head = _HEAD.pack(elen, klen, flen, len(before) + 8 + len(after)) + head[_HEAD.size :]
-        if len(self._templates) >= 64:
-            self._templates.clear()
-        template = self._templates[key] = (head, after)
-        return template
+    def offer_run(
+        self, exchange: str, routing_key: str, items: list[tuple[bytes, bytes]], now_ms: int
+    ) -> None:
+        """Plain messages of one publish run (no headers, so no filter
+        value), appended in one pass: the same records ``offer`` writes."""
+        get = self._templates.get
+        pieces = []
+        last_raw: bytes | None = None
+        before = after = b""
+        for raw, body in items:
+            if raw != last_raw:
+                before, after = get(exchange, routing_key, raw, None)
+                last_raw = raw
+            pieces.append((before, after, body))
+        if self.log.append_stamped(pieces, now_ms):
+            self._rolled = True
+        if not self._in_batch:
+            self._in_batch = True
+            self.store.add_log(self)
+        self.published += len(items)
 
     # LogSync: the store commits our log with its batch.
     def commit_mark(self) -> CommitMark:
@@ -308,8 +276,8 @@ class StreamQueue(Queue):
         sliced out of one read each (one unpack per entry covers its
         header and its record's head), handed over in one call."""
         reader = cursor.reader
-        unpack = _ENTRY_HEAD.unpack_from
-        suffixes = _SUFFIXES
+        unpack = ENTRY_HEAD.unpack_from
+        suffixes = SUFFIXES
         while True:
             room = consumer.credit()
             if room <= 0:
@@ -320,16 +288,16 @@ class StreamQueue(Queue):
             view = memoryview(data)
             records: list[Record] = []
             pos, end, taken = 0, len(data), 0
-            while taken < count and end - pos >= _ENTRY_HEAD.size:
+            while taken < count and end - pos >= ENTRY_HEAD.size:
                 length, _crc, offset, _ts, elen, klen, flen, plen = unpack(data, pos)
-                stop = pos + _HEADER_SIZE + length
+                stop = pos + HEADER_SIZE + length
                 if stop > end:
                     break
-                at = pos + _ENTRY_HEAD.size
+                at = pos + ENTRY_HEAD.size
                 route = data[at : at + elen + klen]
                 suffix = suffixes.get(route)
                 if suffix is None or suffix[0] != elen:
-                    suffix = _route_suffix(route, elen)
+                    suffix = route_suffix(route, elen)
                 at += elen + klen + (flen - 1 if flen else 0)
                 records.append((offset, suffix, view[at : at + plen], view[at + plen : stop]))
                 pos = stop
