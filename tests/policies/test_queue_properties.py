@@ -41,7 +41,8 @@ from pamqp import commands
 from mqbroker.model.message import Message
 from mqbroker.persistence import LmdbStore, MemoryStore
 from mqbroker.protocol.table import encode_properties
-from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.queues.entry import QueueEntry
+from mqbroker.queues.queue import Queue
 from mqbroker.queues.settings import QueueSettings
 
 REASONS = {"expired", "maxlen", "rejected", "delivery_limit"}

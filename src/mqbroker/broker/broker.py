@@ -30,7 +30,8 @@ from mqbroker.broker.vhost import VHost
 from mqbroker.config import Config
 from mqbroker.exchanges.base import TimerTarget
 from mqbroker.persistence.store import Store
-from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.queues.entry import QueueEntry
+from mqbroker.queues.queue import Queue
 from mqbroker.streams.groups import GroupRegistry
 from mqbroker.streams.queue import StreamQueue
 

@@ -26,7 +26,8 @@ from mqbroker.model.message import Message
 from mqbroker.protocol import codec
 from mqbroker.protocol.batch import Record
 from mqbroker.protocol.table import Typed
-from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.queues.entry import QueueEntry
+from mqbroker.queues.queue import Queue
 
 if TYPE_CHECKING:
     from mqbroker.broker.session import Session

@@ -33,7 +33,8 @@ from mqbroker.model.deaths import (
 )
 from mqbroker.model.message import Message
 from mqbroker.protocol import codec
-from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.queues.entry import QueueEntry
+from mqbroker.queues.queue import Queue
 
 if TYPE_CHECKING:
     from mqbroker.broker.broker import Broker

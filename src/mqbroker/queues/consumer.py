@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mqbroker.protocol.batch import Record
 
 if TYPE_CHECKING:
-    from mqbroker.queues.queue import Queue, QueueEntry
+    from mqbroker.queues.entry import QueueEntry
+    from mqbroker.queues.queue import Queue
 
 
 class Consumer(Protocol):

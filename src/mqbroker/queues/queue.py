@@ -27,54 +27,9 @@ from mqbroker.model.message import Message
 from mqbroker.persistence.store import Store, StoredEntry, StoredMessage
 from mqbroker.queues.consumer import Consumer
 from mqbroker.queues.dedup import QueueDedup
+from mqbroker.queues.entry import QueueEntry
 from mqbroker.queues.ready import Fifo, PriorityReady, Ready
 from mqbroker.queues.settings import QueueSettings
-
-
-class QueueEntry:
-    """One message's place in one queue.
-
-    ``message`` is None while the body is paged out: persisted entries far
-    from the head keep only their ids in RAM and are read back from the
-    store when they are delivered, which bounds memory for a backlog larger
-    than RAM. ``expires_at`` is wall-clock ms (0: never), so it survives a
-    restart.
-    """
-
-    __slots__ = (
-        "seq",
-        "msg_id",
-        "size",
-        "message",
-        "delivery_count",
-        "redelivered",
-        "persisted",
-        "expires_at",
-        "priority",
-    )
-
-    def __init__(
-        self,
-        seq: int,
-        msg_id: int,
-        size: int,
-        message: Message | None,
-        delivery_count: int = 0,
-        redelivered: bool = False,
-        persisted: bool = False,
-        expires_at: int = 0,
-        priority: int = 0,
-    ) -> None:
-        self.seq = seq
-        self.msg_id = msg_id
-        self.size = size
-        self.message = message
-        self.delivery_count = delivery_count
-        self.redelivered = redelivered
-        self.persisted = persisted
-        self.expires_at = expires_at
-        self.priority = priority
-
 
 # A persisted message keeps its body in RAM only while it is among the first
 # HEAD_WINDOW ready entries of its queue (the ones a consumer will want

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mqbroker.queues.queue import QueueEntry
+    from mqbroker.queues.entry import QueueEntry
 
 
 def _seq(entry: QueueEntry) -> int:

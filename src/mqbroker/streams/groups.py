@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mqbroker.persistence.store import Store
 from mqbroker.queues.consumer import Consumer
-from mqbroker.queues.queue import QueueEntry
+from mqbroker.queues.entry import QueueEntry
 
 if TYPE_CHECKING:
     from mqbroker.streams.arguments import StartSpec

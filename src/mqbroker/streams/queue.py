@@ -27,7 +27,8 @@ from mqbroker.model.message import Message
 from mqbroker.persistence.store import Store
 from mqbroker.protocol.batch import Record
 from mqbroker.queues.consumer import Consumer
-from mqbroker.queues.queue import Queue, QueueEntry
+from mqbroker.queues.entry import QueueEntry
+from mqbroker.queues.queue import Queue
 from mqbroker.queues.settings import QueueSettings
 from mqbroker.streams import arguments as sargs
 from mqbroker.streams.groups import GroupEntry, GroupRegistry, PartitionState
