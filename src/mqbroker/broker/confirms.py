@@ -148,6 +148,17 @@ class Confirms:
     def unconfirmed(self) -> int:
         return sum(last - first + 1 for last, _, _, first in self.pending)
 
+    def settle(self, refused: bool, durable: bool, epoch: int, msg_id: int, written: int) -> None:
+        """One routed publish's confirm: nacked when a queue refused it,
+        held for commit ``epoch`` when it was written durably, else safe
+        now. The single- and run-publish paths both end here."""
+        if refused:
+            self.nack()
+        elif durable:
+            self.add(epoch, msg_id, written)
+        else:
+            self.add(0)
+
     def nack(self) -> int:
         """A publish that failed (e.g. reject-publish overflow)."""
         seq = self.next_seq

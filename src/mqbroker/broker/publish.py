@@ -316,12 +316,7 @@ class Publisher:
         if confirms.enabled:
             if durable:
                 broker.request_commit()
-            if refused:
-                confirms.nack()
-            elif durable:
-                confirms.add(broker.write_epoch, msg_id, written)
-            else:
-                confirms.add(0)
+            confirms.settle(refused, durable, broker.write_epoch, msg_id, written)
         return durable
 
     def _publish_checked(

@@ -103,12 +103,7 @@ def publish_run(publisher: Publisher, session: Session, chan: Channel, run: Publ
             confirms.add_run(epoch, waiting)
             waiting = 0
         any_durable |= durable
-        if refused:
-            confirms.nack()
-        elif durable:
-            confirms.add(broker.write_epoch, msg_id, written)
-        else:
-            confirms.add(0)
+        confirms.settle(refused, durable, broker.write_epoch, msg_id, written)
     if waiting:
         confirms.add_run(epoch, waiting)
     if confirming and any_durable:
